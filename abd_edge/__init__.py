@@ -1,0 +1,42 @@
+"""abd-edge: data-free class-incremental learning (Always Be Dreaming) for devices.
+
+Importing ``abd_edge`` is cheap and does not import torch: the public names
+below load on first use, so ``abd_edge.runtime`` (ONNX Runtime only) can run
+on devices without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Learner": ("abd_edge.learner", "Learner"),
+    "LearnReport": ("abd_edge.learner", "LearnReport"),
+    "Prediction": ("abd_edge.learner", "Prediction"),
+    "LearnerConfig": ("abd_edge.config", "LearnerConfig"),
+    "TrainConfig": ("abd_edge.config", "TrainConfig"),
+    "DreamConfig": ("abd_edge.config", "DreamConfig"),
+    "AugmentConfig": ("abd_edge.config", "AugmentConfig"),
+    "LossConfig": ("abd_edge.config", "LossConfig"),
+    "LabeledImages": ("abd_edge.data.images", "LabeledImages"),
+    "ClassRegistry": ("abd_edge.registry", "ClassRegistry"),
+    "AccuracyMatrix": ("abd_edge.metrics", "AccuracyMatrix"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'abd_edge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

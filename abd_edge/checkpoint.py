@@ -1,0 +1,143 @@
+"""Saving and loading a Learner: safetensors for tensors, JSON for the rest.
+
+Nothing is unpickled. The generator's Adam state is saved too, because the
+reference keeps one optimizer across tasks and a loaded learner must continue
+exactly as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .bundle_format import commit_dir, read_json, read_manifest, staging_dir, write_json, write_manifest
+from .config import LearnerConfig
+from .engine import Normalizer
+from .errors import AbdEdgeError, BundleError, BundleIntegrityError
+from .registry import ClassRegistry
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+KIND = "learner"
+WEIGHTS = "weights.safetensors"
+STATE = "state.json"
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into flat tensors and JSON-able scalars."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        scalars["state"][str(pid)] = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{prefix}.{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars["state"][str(pid)][k] = v
+    return tensors, scalars
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], prefix: str) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, st in scalars["state"].items():
+        state[int(pid)] = dict(st)
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": scalars["param_groups"]}
+
+
+def learner_tensors(learner: "Learner") -> dict[str, torch.Tensor]:
+    st = learner._state
+    assert st.model is not None and st.normalizer is not None
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in st.model.state_dict().items()}
+    if st.generator is not None:
+        tensors.update({f"generator.{k}": v.detach().cpu().contiguous() for k, v in st.generator.state_dict().items()})
+    tensors["normalizer.mean"] = st.normalizer.mean.cpu()
+    tensors["normalizer.std"] = st.normalizer.std.cpu()
+    return tensors
+
+
+def learner_state(learner: "Learner", opt_scalars: dict[str, Any] | None) -> dict[str, Any]:
+    st = learner._state
+    assert st.model is not None
+    return {
+        "abd_edge_version": __version__,
+        "config": learner.config.to_dict(),
+        "registry": st.registry.to_dict(),
+        "input_shape": list(st.input_shape) if st.input_shape else None,
+        "head_capacity": st.model.num_classes,
+        "tasks_learned": st.tasks_learned,
+        "generator_optimizer": opt_scalars,
+        "history": [r.to_dict() for r in learner.history],
+    }
+
+
+def save_learner(learner: "Learner", directory: Path) -> Path:
+    learner._require_fitted("save")
+    st = learner._state
+    tensors = learner_tensors(learner)
+    opt_scalars = None
+    if st.generator_opt is not None:
+        opt_t, opt_scalars = optimizer_tensors(st.generator_opt, "generator_opt")
+        tensors.update(opt_t)
+    staged = staging_dir(directory)
+    try:
+        save_file(tensors, str(staged / WEIGHTS))
+        write_json(staged / STATE, learner_state(learner, opt_scalars))
+        write_manifest(staged, KIND, [WEIGHTS, STATE], abd_edge_version=__version__)
+        commit_dir(staged, directory)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_learner(directory: Path, *, device: str | None = None) -> "Learner":
+    from .learner import Learner, LearnReport, _State
+
+    read_manifest(directory, kind=KIND)  # checks version, presence and hashes of every file
+    state = read_json(directory / STATE)
+    try:
+        cfg = LearnerConfig.from_dict(state["config"])
+        if device is not None:
+            cfg = dataclasses.replace(cfg, device=device)
+        learner = Learner(cfg)
+        registry = ClassRegistry.from_dict(state["registry"])
+        c, h, w = state["input_shape"]
+        tensors = load_file(str(directory / WEIGHTS))
+        model, gen = learner._new_models(c, h, int(state["head_capacity"]))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.eval()
+        gen_opt = None
+        if gen is not None:
+            gen.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
+            gen.eval()
+            gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr)
+            if state.get("generator_optimizer") is not None:
+                sd = optimizer_state(
+                    {k: v.to(learner.device) for k, v in tensors.items() if k.startswith("generator_opt.")},
+                    state["generator_optimizer"], "generator_opt",
+                )
+                gen_opt.load_state_dict(sd)
+        normalizer = Normalizer(tensors["normalizer.mean"], tensors["normalizer.std"]).to(learner.device)
+    except AbdEdgeError as e:
+        raise BundleError(f"{directory} holds an unusable learner state: {e}") from e
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise BundleIntegrityError(f"{directory} holds an inconsistent learner state: {type(e).__name__}: {e}") from e
+    learner._state = _State(
+        registry=registry, model=model, generator=gen, generator_opt=gen_opt, normalizer=normalizer,
+        input_shape=(c, h, w), tasks_learned=int(state["tasks_learned"]),
+    )
+    learner.history = [LearnReport.from_dict(r) for r in state.get("history", [])]
+    return learner

@@ -1,0 +1,232 @@
+"""Configuration dataclasses. Defaults are the paper's CIFAR-100 recipe.
+
+Two presets exist: :meth:`LearnerConfig.paper` (the defaults, 250 epochs and
+10,000 dreaming iterations per task) and :meth:`LearnerConfig.short_budget`,
+our documented deviation for the few-epoch budgets a device update runs on
+(see docs/RECIPES.md for why each change was made).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+METHODS = ("abd", "deepinversion", "lwf", "lwf_mc", "finetune")
+Schedule = Literal["step", "cosine"]
+
+
+@dataclass
+class TrainConfig:
+    """SGD schedule of one learning phase (the first task, or a later one)."""
+
+    epochs: int = 250
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    batch_size: int = 128
+    schedule: Schedule = "step"
+    milestones: tuple[int, ...] = (100, 150, 200)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+
+    def validate(self, where: str) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"{where}.epochs must be >= 1, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"{where}.lr must be a positive finite number, got {self.lr}")
+        if self.batch_size < 2:
+            raise ConfigError(f"{where}.batch_size must be >= 2 (BatchNorm needs 2), got {self.batch_size}")
+        if self.schedule not in ("step", "cosine"):
+            raise ConfigError(f"{where}.schedule must be 'step' or 'cosine', got {self.schedule!r}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"{where}.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.weight_decay < 0 or not (0 <= self.momentum < 1):
+            raise ConfigError(
+                f"{where}: weight_decay must be >= 0 and momentum in [0, 1), got "
+                f"{self.weight_decay} and {self.momentum}"
+            )
+
+
+@dataclass
+class DreamConfig:
+    """Generator training by model inversion (ABD section 3.2, DeepInversion losses)."""
+
+    iterations: int = 10_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    content_weight: float = 1.0
+    content_temperature: float = 1000.0
+    balance_weight: float = 1.0
+    bn_weight: float = 50.0
+    smooth_weight: float = 1e-3
+    blur_sigma: float = 1.0
+    blur_size: int = 5
+    keep_optimizer: bool = True
+
+    def validate(self) -> None:
+        if self.iterations < 0:
+            raise ConfigError(f"dream.iterations must be >= 0, got {self.iterations}")
+        if self.batch_size < 2:
+            raise ConfigError(f"dream.batch_size must be >= 2, got {self.batch_size}")
+        if self.blur_size % 2 != 1:
+            raise ConfigError(f"dream.blur_size must be odd, got {self.blur_size}")
+
+
+@dataclass
+class AugmentConfig:
+    """Real-data augmentation of the reference (synthetic images are never augmented)."""
+
+    crop_padding: int = 4
+    flip: bool = True
+    brightness: float = 63 / 255
+    contrast: float = 0.8
+
+    def validate(self) -> None:
+        if self.crop_padding < 0:
+            raise ConfigError(f"augment.crop_padding must be >= 0, got {self.crop_padding}")
+        if not (0 <= self.brightness < 1) or not (0 <= self.contrast < 1):
+            raise ConfigError(
+                f"augment.brightness and contrast must be in [0, 1), got {self.brightness}, {self.contrast}"
+            )
+
+
+@dataclass
+class LossConfig:
+    """Weights of the method losses (ABD: mu; LwF/DeepInversion: KD)."""
+
+    feature_kd_weight: float = 0.1  # ABD's mu
+    kd_weight: float = 1.0
+    kd_temperature: float = 2.0
+
+
+@dataclass
+class LearnerConfig:
+    """Everything that defines a learner. ``LearnerConfig()`` is the paper's recipe.
+
+    ``first_task`` trains the first call from scratch; ``later_tasks`` trains
+    every incremental call. They are equal in the paper; the short-budget
+    recipe lowers the later learning rate.
+    """
+
+    method: str = "abd"
+    backbone: str = "resnet32"
+    generator: str = "abd"
+    max_classes: int = 100
+    first_task: TrainConfig = field(default_factory=TrainConfig)
+    later_tasks: TrainConfig = field(default_factory=TrainConfig)
+    dream: DreamConfig = field(default_factory=DreamConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    head_balance: Literal["none", "weight_align"] = "none"
+    replay_pool_batches: int = 0
+    train_eval_max_images: int | None = 2048
+    time_budget_s: float | None = None
+    seed: int = 0
+    device: str | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    channels_last: bool = True
+    num_threads: int | None = None
+    recipe: str = "paper"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
+        if self.max_classes < 1:
+            raise ConfigError(f"max_classes must be >= 1, got {self.max_classes}")
+        self.first_task.validate("first_task")
+        self.later_tasks.validate("later_tasks")
+        self.dream.validate()
+        self.augment.validate()
+        if self.head_balance not in ("none", "weight_align"):
+            raise ConfigError(f"head_balance must be 'none' or 'weight_align', got {self.head_balance!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("mean and std must be given together (or both left None to use the data's)")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ConfigError(f"std must be positive per channel, got {self.std}")
+        if self.replay_pool_batches < 0:
+            raise ConfigError(f"replay_pool_batches must be >= 0, got {self.replay_pool_batches}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError(f"time_budget_s must be positive or None, got {self.time_budget_s}")
+
+    # ----- presets -------------------------------------------------------
+    @classmethod
+    def paper(cls, **overrides: Any) -> "LearnerConfig":
+        """The reference CIFAR-100 recipe: 250 epochs, lr steps at 100/150/200, 10k dreaming iterations."""
+        return cls(**{"recipe": "paper", **overrides})
+
+    @classmethod
+    def short_budget(cls, epochs: int = 5, dream_iterations: int = 500, **overrides: Any) -> "LearnerConfig":
+        """Our recipe for a few epochs per task (device updates, the cifar10-5x2 protocol).
+
+        What changes against the paper and why (docs/RECIPES.md has the measurements):
+        * cosine decay with a short linear warm-up instead of step decay: a
+          step schedule compressed into 5 epochs spends most of the budget at
+          lr 0.1 and the rest at 1e-4, with nothing in between;
+        * later tasks start at lr 0.01 instead of 0.1: with few epochs, a large
+          learning rate on the backbone wrecks the features of old classes
+          faster than the distillation term can hold them (the reference broke
+          at 29% after task 2 on this budget);
+        * weight aligning of the head after each incremental task (Zhao et
+          al. 2020): rescales new-class weight vectors to the old classes'
+          mean norm, undoing the bias toward the classes trained last.
+        The method losses and their weights are the paper's.
+        """
+        first = TrainConfig(epochs=epochs, lr=0.1, schedule="cosine", milestones=(), warmup_epochs=min(1.0, epochs / 5))
+        later = TrainConfig(epochs=epochs, lr=0.01, schedule="cosine", milestones=(), warmup_epochs=min(1.0, epochs / 5))
+        base: dict[str, Any] = dict(
+            recipe="short",
+            first_task=first,
+            later_tasks=later,
+            dream=DreamConfig(iterations=dream_iterations),
+            head_balance="weight_align",
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "LearnerConfig":
+        if name == "paper":
+            return cls.paper(**overrides)
+        if name == "short":
+            return cls.short_budget(**overrides)
+        raise ConfigError(f"unknown recipe {name!r}; expected 'paper' or 'short'")
+
+    # ----- (de)serialisation --------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LearnerConfig":
+        data = dict(data)
+        nested = {
+            "first_task": TrainConfig,
+            "later_tasks": TrainConfig,
+            "dream": DreamConfig,
+            "augment": AugmentConfig,
+            "losses": LossConfig,
+        }
+        for key, typ in nested.items():
+            if key in data and isinstance(data[key], dict):
+                sub = dict(data[key])
+                if "milestones" in sub:
+                    sub["milestones"] = tuple(sub["milestones"])
+                data[key] = typ(**sub)
+        for key in ("mean", "std"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**data)

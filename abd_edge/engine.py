@@ -1,0 +1,216 @@
+"""The one training loop every method shares.
+
+It reads like the math of one step: take a real batch, augment it on the
+device, append a dreamed batch if the method replays, run the current
+classifier once over both, run the frozen previous classifier if the method
+distils, and let the method turn the outputs into a loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data.augment import BatchAugment, to_unit_float
+from .dreaming import AutocastSpec, ReplaySampler, _autocast
+from .methods.base import Method, StepOutputs, TaskContext
+from .models.resnet import CifarResNet
+from .progress import progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Normalizer:
+    """Per-channel standardisation into the classifier's input space."""
+
+    mean: torch.Tensor  # (C,)
+    std: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+    def to(self, device: torch.device) -> "Normalizer":
+        return Normalizer(self.mean.to(device), self.std.to(device))
+
+
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Learning rate of an iteration: linear warm-up, then step or cosine decay."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "cosine":
+        span = max(1, total_steps - warmup)
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / span))
+    epoch = step // steps_per_epoch
+    return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    lr: float
+    losses: dict[str, float]
+    images: int
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    epochs: list[EpochLog] = field(default_factory=list)
+    seconds: float = 0.0
+    real_images: int = 0
+    stopped_early: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.real_images / self.seconds if self.seconds > 0 else 0.0
+
+
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Start offsets of the batches of an epoch; a last batch of one image is dropped (BatchNorm needs 2)."""
+    starts = list(range(0, n, batch_size))
+    if starts and n - starts[-1] < 2 and len(starts) > 1:
+        starts.pop()
+    return starts
+
+
+def train_task(
+    model: CifarResNet,
+    method: Method,
+    ctx: TaskContext,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    augment: BatchAugment,
+    normalize: Normalizer,
+    rng: torch.Generator,
+    *,
+    replay: ReplaySampler | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    autocast: AutocastSpec | None = None,
+    show_progress: bool = True,
+    deadline: float | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on one task's data (already on the training device)."""
+    n = images.shape[0]
+    starts = batch_starts(n, cfg.batch_size)
+    total_steps = cfg.epochs * len(starts)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    old_model = ctx.old_model
+    if old_model is not None:
+        old_model.eval()
+    model.train()
+    result = TrainResult()
+    start_time = time.perf_counter()
+    step = 0
+    bar = progress(range(total_steps), desc=f"train {method.name} ({ctx.n_old}->{ctx.n_seen} classes)", enabled=show_progress)
+    for epoch in range(cfg.epochs):
+        epoch_start = time.perf_counter()
+        order = torch.randperm(n, generator=rng, device=rng.device).to(images.device)
+        sums: dict[str, torch.Tensor] = {}
+        steps_done = 0
+        seen = 0
+        for s in starts:
+            lr = lr_at(step, total_steps, len(starts), cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[s : s + cfg.batch_size]
+            x = normalize(augment(to_unit_float(images[idx]), rng))
+            y = labels[idx]
+            n_real = x.shape[0]
+            old_logits = old_feats = None
+            if replay is not None:
+                rb = replay.sample(n_real)
+                x = torch.cat([x, rb.images])
+                y = torch.cat([y, rb.labels])
+            x = x.contiguous(memory_format=memory_format)
+            with _autocast(autocast):
+                logits, feats = model.forward_features(x)
+            if method.uses_old_model and old_model is not None:
+                with torch.no_grad(), _autocast(autocast):
+                    ol, of = old_model.forward_features(x[:n_real])
+                old_logits, old_feats = ol[:, : ctx.n_old].float(), of.float()
+                if replay is not None:
+                    old_logits = torch.cat([old_logits, rb.old_logits])
+                    old_feats = torch.cat([old_feats, rb.old_features])
+            out = StepOutputs(logits.float(), feats.float(), y, n_real, old_logits, old_feats)
+            loss, parts = method.loss(ctx, out)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in {"loss": loss, **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+            step += 1
+            steps_done += 1
+            seen += n_real
+            bar.update(1)
+            if deadline is not None and time.perf_counter() > deadline:
+                result.stopped_early = True
+                break
+        losses = {k: float(v) / max(1, steps_done) for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"training diverged at epoch {epoch}: losses {losses}")
+        seconds = time.perf_counter() - epoch_start
+        result.epochs.append(EpochLog(epoch, lr, losses, seen, seconds))
+        result.real_images += seen
+        bar.set_postfix(loss=f"{losses['loss']:.3f}")
+        log.info("epoch %d/%d lr %.4g %s (%.0f img/s)", epoch + 1, cfg.epochs, lr,
+                 " ".join(f"{k}={v:.4f}" for k, v in losses.items()), seen / max(seconds, 1e-9))
+        if result.stopped_early:
+            log.warning("training stopped after %d of %d steps: time budget reached", step, total_steps)
+            break
+    bar.close()
+    result.seconds = time.perf_counter() - start_time
+    return result
+
+
+def weight_align(head: nn.Linear, n_old: int, n_seen: int) -> float:
+    """Rescale the new classes' head rows to the mean norm of the old rows (Zhao et al., CVPR 2020).
+
+    After an incremental task the new classes' weight vectors are longer
+    than the old ones because only new classes had real data, which biases
+    every prediction toward the newest classes. Returns the factor applied.
+    """
+    with torch.no_grad():
+        norms = head.weight[:n_seen].norm(dim=1)
+        old, new = norms[:n_old].mean(), norms[n_old:n_seen].mean()
+        gamma = float(old / new.clamp_min(1e-12))
+        head.weight[n_old:n_seen] *= gamma
+        if head.bias is not None:
+            head.bias[n_old:n_seen] *= gamma
+    return gamma
+
+
+@torch.no_grad()
+def predict_logits(
+    model: CifarResNet,
+    images: torch.Tensor,
+    normalize: Normalizer,
+    n_seen: int,
+    device: torch.device,
+    *,
+    batch_size: int = 512,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    autocast: AutocastSpec | None = None,
+) -> torch.Tensor:
+    """Logits over the seen classes, eval mode, batched; returns float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        for s in range(0, images.shape[0], batch_size):
+            x = normalize(to_unit_float(images[s : s + batch_size].to(device, non_blocking=True)))
+            with _autocast(autocast):
+                outs.append(model(x.contiguous(memory_format=memory_format))[:, :n_seen].float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0, n_seen)

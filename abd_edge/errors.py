@@ -1,0 +1,62 @@
+"""Exception classes raised by abd-edge.
+
+Every error a user can trigger with bad input has its own class so that
+applications can react to it precisely (``except LabelError``) instead of
+parsing messages. All of them derive from :class:`AbdEdgeError`, and the
+input errors also derive from :class:`ValueError` so generic handlers keep
+working. This module must stay free of torch: the device runtime imports it.
+"""
+
+from __future__ import annotations
+
+
+class AbdEdgeError(Exception):
+    """Base class of every error raised on purpose by abd-edge."""
+
+
+class ConfigError(AbdEdgeError, ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class DatasetError(AbdEdgeError, ValueError):
+    """A dataset cannot be used: empty, malformed, wrong shape or dtype."""
+
+
+class ImageSpecError(DatasetError):
+    """Images do not match the input spec (size, channels, dtype, finiteness)."""
+
+
+class LabelError(DatasetError):
+    """Labels or class names are inconsistent with the data or the registry."""
+
+
+class NotFittedError(AbdEdgeError, RuntimeError):
+    """An operation needs a learner that has learned at least one task."""
+
+
+class BundleError(AbdEdgeError):
+    """A saved learner or a deployment bundle cannot be read or written."""
+
+
+class BundleMissingFileError(BundleError, FileNotFoundError):
+    """A file the manifest lists (or the manifest itself) is absent."""
+
+
+class BundleIntegrityError(BundleError):
+    """A file's size or sha256 differs from the manifest: edited or truncated."""
+
+
+class BundleVersionError(BundleError):
+    """The manifest declares a format version this release cannot read."""
+
+
+class BundleLockedError(BundleError):
+    """Another process holds the update lock of a bundle directory."""
+
+
+class ExportError(AbdEdgeError):
+    """An export failed its checks (ONNX checker or parity against torch)."""
+
+
+class PrivacyError(AbdEdgeError):
+    """Differential-privacy settings are invalid or the budget is exhausted."""

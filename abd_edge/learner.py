@@ -1,0 +1,460 @@
+"""``Learner``: the one object an application holds, on the server and on the device."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Hashable, Mapping, Sequence
+
+import torch
+
+from .config import LearnerConfig
+from .data.adapters import as_labeled_images, images_to_tensor
+from .data.augment import BatchAugment, to_unit_float
+from .data.images import LabeledImages
+from .dreaming import AutocastSpec, DreamReport, ReplaySampler, train_generator
+from .engine import Normalizer, TrainResult, predict_logits, train_task, weight_align
+from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
+from .methods import TaskContext, build_method
+from .models import build_backbone, build_generator
+from .models.generator import Generator
+from .models.resnet import CifarResNet
+from .registry import ClassRegistry
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was requested but CUDA is not available")
+    return dev
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_autocast(precision: str, device: torch.device) -> AutocastSpec | None:
+    """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX/AVX512-BF16); fp32 elsewhere.
+
+    On CPUs without native bf16 (AVX2-only, e.g. AMD Zen 3) autocast emulates
+    it and runs about 10x slower, so "auto" never picks it there.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_bf16()
+        if not native:
+            return None
+    return AutocastSpec(device.type, torch.bfloat16, True)
+
+
+@dataclass
+class LearnReport:
+    """What one ``learn_new_classes`` call did."""
+
+    task_index: int
+    labels_added: list[int | str]
+    names_added: list[str]
+    class_indices: list[int]
+    n_images: int
+    epoch_losses: list[dict[str, float]]
+    train_accuracy: float
+    train_seconds: float
+    train_images_per_second: float
+    dream_seconds: float
+    dream_iterations: int
+    dream_losses: dict[str, float]
+    stopped_early: bool = False
+    head_align_factor: float | None = None
+    privacy: dict[str, Any] | None = None
+
+    @property
+    def dream_seconds_per_iteration(self) -> float:
+        return self.dream_seconds / self.dream_iterations if self.dream_iterations else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dream_seconds_per_iteration"] = self.dream_seconds_per_iteration
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LearnReport":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Prediction:
+    """Predicted class indices with the user's labels and names for them."""
+
+    indices: torch.Tensor
+    labels: list[int | str]
+    names: list[str]
+    probabilities: torch.Tensor = field(repr=False)
+
+
+@dataclass
+class _State:
+    """Everything a call may change, swapped in as a whole when the call succeeds."""
+
+    registry: ClassRegistry
+    model: CifarResNet | None = None
+    generator: Generator | None = None
+    generator_opt: torch.optim.Optimizer | None = None
+    normalizer: Normalizer | None = None
+    input_shape: tuple[int, int, int] | None = None  # (C, H, W)
+    tasks_learned: int = 0
+
+
+class Learner:
+    """A data-free class-incremental learner (ABD by default).
+
+    >>> learner = Learner(LearnerConfig.short_budget())       # doctest: +SKIP
+    >>> report = learner.learn_new_classes((images, labels))  # doctest: +SKIP
+    >>> learner.predict(images[:8]).names                      # doctest: +SKIP
+
+    Each call learns classes it has never seen, from that call's data alone:
+    the first from scratch, later ones with the method's incremental update,
+    replaying images dreamed by the generator instead of stored data. A
+    failed call (bad input, an error mid-training) leaves the learner as it
+    was: the call trains copies and swaps them in only at the end.
+    """
+
+    def __init__(self, config: LearnerConfig | None = None, **overrides: Any) -> None:
+        cfg = config if config is not None else LearnerConfig()
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)
+        cfg.validate()
+        self.config = cfg
+        self.device = resolve_device(cfg.device)
+        self.method = build_method(cfg.method, cfg.losses)
+        self._autocast = resolve_autocast(cfg.precision, self.device)
+        self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self._state = _State(ClassRegistry())
+        self.history: list[LearnReport] = []
+
+    # ------------------------------------------------------------ properties
+    @property
+    def registry(self) -> ClassRegistry:
+        return self._state.registry
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._state.registry)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._state.registry.names
+
+    @property
+    def model(self) -> CifarResNet:
+        self._require_fitted("model")
+        assert self._state.model is not None
+        return self._state.model
+
+    @property
+    def generator(self) -> Generator | None:
+        return self._state.generator
+
+    @property
+    def normalizer(self) -> Normalizer:
+        self._require_fitted("normalizer")
+        assert self._state.normalizer is not None
+        return self._state.normalizer
+
+    @property
+    def input_shape(self) -> tuple[int, int, int] | None:
+        return self._state.input_shape
+
+    @property
+    def tasks_learned(self) -> int:
+        return self._state.tasks_learned
+
+    def _require_fitted(self, what: str) -> None:
+        if self._state.model is None:
+            raise NotFittedError(f"{what} needs a learner that has learned at least one task; call learn_new_classes first")
+
+    # -------------------------------------------------------------- helpers
+    def _check_images(self, images: torch.Tensor, shape: tuple[int, int, int] | None) -> None:
+        if shape is not None and tuple(images.shape[1:]) != shape:
+            raise ImageSpecError(
+                f"images have shape (C, H, W) = {tuple(images.shape[1:])}; this learner expects {shape}"
+            )
+
+    def _resolve_names(
+        self, new_labels: list[Hashable], class_names: Mapping[Hashable, str] | Sequence[str] | None,
+        data_names: Mapping[Hashable, str],
+    ) -> list[str]:
+        if class_names is None:
+            return [str(data_names.get(lab, lab)) for lab in new_labels]
+        if isinstance(class_names, Mapping):
+            keys = set(class_names)
+            if keys != set(new_labels):
+                raise LabelError(
+                    f"class_names keys {sorted(map(str, keys))} do not match the new labels {sorted(map(str, new_labels))}"
+                )
+            return [str(class_names[lab]) for lab in new_labels]
+        names = list(class_names)
+        if isinstance(class_names, str) or len(names) != len(new_labels):
+            raise LabelError(
+                f"class_names has {len(names) if not isinstance(class_names, str) else 'a string, not'} entries "
+                f"but the dataset brings {len(new_labels)} new labels {new_labels}"
+            )
+        return [str(n) for n in names]
+
+    def _seeded_generator(self, task_index: int, salt: int = 0) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.config.seed * 1_000_003 + task_index * 7919 + salt) % (2**63))
+        return g
+
+    def _new_models(self, channels: int, size: int, capacity: int) -> tuple[CifarResNet, Generator | None]:
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = build_backbone(cfg.backbone, capacity, channels)
+            gen = build_generator(cfg.generator, size, channels) if self.method.uses_replay else None
+        model = model.to(self.device, memory_format=self._memory_format)
+        if gen is not None:
+            gen = gen.to(self.device)
+        return model, gen
+
+    @staticmethod
+    def _grow_head(model: CifarResNet, capacity: int) -> None:
+        old = model.last
+        new = torch.nn.Linear(old.in_features, capacity).to(old.weight.device)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.bias.zero_()
+            torch.nn.init.kaiming_normal_(new.weight[old.out_features :])
+            new.weight[: old.out_features] = old.weight
+            new.bias[: old.out_features] = old.bias
+        model.last = new
+
+    # ----------------------------------------------------------- the API
+    def learn_new_classes(
+        self,
+        dataset: Any,
+        class_names: Mapping[Hashable, str] | Sequence[str] | None = None,
+        *,
+        dream: bool = True,
+        time_budget_s: float | None = None,
+        show_progress: bool = True,
+    ) -> LearnReport:
+        """Learn the classes in ``dataset`` (all new), then dream so the next call can replay them.
+
+        ``dataset``: a torch Dataset of (image, label), an ``(images, labels)``
+        pair of tensors/arrays, a path (ImageFolder tree, CIFAR python
+        directory, .npz) or a :class:`LabeledImages`. ``class_names``: a dict
+        label -> name, or a list aligned with the sorted new labels.
+        ``dream=False`` skips generator training (a final task needs none).
+        ``time_budget_s`` caps training plus dreaming; the report says if it cut in.
+        """
+        cfg = self.config
+        data: LabeledImages = as_labeled_images(dataset)
+        st = self._state
+        self._check_images(data.images, st.input_shape)
+        new_labels = data.unique_labels()
+        names = self._resolve_names(new_labels, class_names, data.class_names)
+        registry = st.registry.extended(new_labels, names)  # validates labels
+        budget = time_budget_s if time_budget_s is not None else cfg.time_budget_s
+        deadline = time.perf_counter() + budget if budget is not None else None
+
+        n_old, n_seen = len(st.registry), len(registry)
+        first = st.model is None
+        task_index = st.tasks_learned
+        c, h, w = data.image_shape
+        if h != w:
+            raise ImageSpecError(f"images must be square, got H={h}, W={w}")
+        rng = self._seeded_generator(task_index)
+
+        # Build or copy everything this call will change.
+        if first:
+            capacity = max(cfg.max_classes, n_seen)
+            model, gen = self._new_models(c, h, capacity)
+            gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr) if gen is not None else None
+            normalizer = self._normalizer_for(data)
+            old_model = None
+        else:
+            assert st.model is not None and st.normalizer is not None
+            old_model = st.model
+            model = copy.deepcopy(st.model)
+            if n_seen > model.num_classes:
+                self._grow_head(model, max(n_seen, 2 * model.num_classes))
+            gen = copy.deepcopy(st.generator) if st.generator is not None else None
+            gen_opt = None
+            if gen is not None:
+                gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr)
+                if cfg.dream.keep_optimizer and st.generator_opt is not None:
+                    gen_opt.load_state_dict(st.generator_opt.state_dict())
+            normalizer = st.normalizer
+        old_frozen = None
+        if old_model is not None:
+            old_frozen = old_model.eval()
+            old_grad = [p.requires_grad for p in old_frozen.parameters()]
+            for p in old_frozen.parameters():
+                p.requires_grad_(False)
+
+        images = data.images.to(self.device)
+        label_idx = torch.tensor(registry.indices_of(data.labels), device=self.device, dtype=torch.long)
+        ctx = TaskContext(n_old=n_old, n_seen=n_seen, model=model, old_model=old_frozen)
+        tcfg = cfg.first_task if first else cfg.later_tasks
+        replay = None
+        try:
+            if not first and self.method.uses_replay and gen is not None and old_frozen is not None:
+                replay = ReplaySampler(
+                    gen, old_frozen, n_old, rng,
+                    pool_batches=cfg.replay_pool_batches, batch_size=tcfg.batch_size,
+                    memory_format=self._memory_format, autocast=self._autocast,
+                )
+            log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
+            result: TrainResult = train_task(
+                model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
+                replay=replay, memory_format=self._memory_format, autocast=self._autocast,
+                show_progress=show_progress, deadline=deadline,
+            )
+            del replay
+            align = None
+            if not first and cfg.head_balance == "weight_align":
+                align = weight_align(model.last, n_old, n_seen)
+            train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng)
+            del images
+            dream_report = DreamReport(0, 0.0, {}, {})
+            if dream and gen is not None and gen_opt is not None and cfg.dream.iterations > 0:
+                dream_report = train_generator(
+                    gen, model, n_seen, cfg.dream, gen_opt, self._seeded_generator(task_index, salt=1),
+                    memory_format=self._memory_format, autocast=self._autocast,
+                    show_progress=show_progress, deadline=deadline,
+                )
+        finally:
+            if old_frozen is not None:
+                for p, flag in zip(old_frozen.parameters(), old_grad):
+                    p.requires_grad_(flag)
+        model.eval()
+        stopped = result.stopped_early or dream_report.iterations < (cfg.dream.iterations if dream and gen is not None else 0)
+        report = LearnReport(
+            task_index=task_index,
+            labels_added=list(new_labels),  # type: ignore[arg-type]
+            names_added=names,
+            class_indices=list(range(n_old, n_seen)),
+            n_images=len(data),
+            epoch_losses=[{"epoch": e.epoch, "lr": e.lr, **e.losses} for e in result.epochs],
+            train_accuracy=train_acc,
+            train_seconds=result.seconds,
+            train_images_per_second=result.images_per_second,
+            dream_seconds=dream_report.seconds,
+            dream_iterations=dream_report.iterations,
+            dream_losses=dream_report.last,
+            stopped_early=stopped,
+            head_align_factor=align,
+        )
+        # Commit: swap in the new state as a whole.
+        self._state = _State(
+            registry=registry, model=model, generator=gen, generator_opt=gen_opt,
+            normalizer=normalizer, input_shape=(c, h, w), tasks_learned=task_index + 1,
+        )
+        self.history.append(report)
+        return report
+
+    def _normalizer_for(self, data: LabeledImages) -> Normalizer:
+        cfg = self.config
+        c = data.image_shape[0]
+        if cfg.mean is not None and cfg.std is not None:
+            if len(cfg.mean) != c or len(cfg.std) != c:
+                raise ConfigError(f"config mean/std have {len(cfg.mean)}/{len(cfg.std)} entries, images have {c} channels")
+            mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
+        else:
+            # The first task's per-channel statistics: a summary the model keeps anyway (like BN's running stats).
+            x = to_unit_float(data.images[: 20000])
+            mean = x.mean(dim=(0, 2, 3))
+            std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        return Normalizer(mean.float(), std.float()).to(self.device)
+
+    def _accuracy_on(
+        self, model: CifarResNet, normalizer: Normalizer, images: torch.Tensor, labels: torch.Tensor, n_seen: int,
+        rng: torch.Generator,
+    ) -> float:
+        cap = self.config.train_eval_max_images
+        if cap is not None and images.shape[0] > cap:
+            idx = torch.randperm(images.shape[0], generator=rng, device=rng.device)[:cap].to(images.device)
+            images, labels = images[idx], labels[idx]
+        logits = predict_logits(model, images, normalizer, n_seen, self.device,
+                                memory_format=self._memory_format, autocast=self._autocast)
+        return float((logits.argmax(1) == labels.cpu()).float().mean())
+
+    # ------------------------------------------------------------ inference
+    def _as_images(self, images: Any) -> torch.Tensor:
+        self._require_fitted("predict")
+        shape = self._state.input_shape
+        assert shape is not None
+        if isinstance(images, LabeledImages):
+            x = images.images
+        else:
+            if hasattr(images, "shape") and tuple(images.shape) == shape:
+                images = images[None]  # one (C, H, W) image
+            x = images_to_tensor(images)
+        self._check_images(x, shape)
+        return x
+
+    def logits(self, images: Any) -> torch.Tensor:
+        """Logits over the seen classes (float32, CPU)."""
+        x = self._as_images(images)
+        return predict_logits(self.model, x, self.normalizer, self.num_classes, self.device,
+                              memory_format=self._memory_format, autocast=self._autocast)
+
+    def predict_proba(self, images: Any) -> torch.Tensor:
+        return torch.softmax(self.logits(images), dim=1)
+
+    def predict(self, images: Any) -> Prediction:
+        probs = self.predict_proba(images)
+        idx = probs.argmax(dim=1)
+        reg = self.registry
+        return Prediction(idx, [reg.label_of(i) for i in idx.tolist()], [reg.name_of(i) for i in idx.tolist()], probs)
+
+    def evaluate(self, dataset: Any) -> float:
+        """Top-1 accuracy over all seen classes on labelled data (labels must be learned ones)."""
+        self._require_fitted("evaluate")
+        data = as_labeled_images(dataset)
+        self._check_images(data.images, self.input_shape)
+        targets = torch.tensor(self.registry.indices_of(data.labels))
+        pred = self.logits(data).argmax(dim=1)
+        return float((pred == targets).float().mean())
+
+    @torch.no_grad()
+    def dream(self, n: int, *, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` dreamed images (normalised input space, CPU) and the classes the model gives them."""
+        self._require_fitted("dream")
+        if self._state.generator is None:
+            raise NotFittedError(f"method {self.method.name!r} trains no generator, so there is nothing to dream")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        gen = self._state.generator.eval()
+        g = self._seeded_generator(self.tasks_learned, salt=2) if seed is None else torch.Generator(self.device).manual_seed(seed)
+        x = gen(gen.sample_latent(n, g))
+        labels = self.model.eval()(x.contiguous(memory_format=self._memory_format))[:, : self.num_classes].argmax(1)
+        return x.float().cpu(), labels.cpu()
+
+    # ----------------------------------------------------------- persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write weights (safetensors), state (JSON) and a manifest with hashes; atomic."""
+        from .checkpoint import save_learner
+
+        return save_learner(self, Path(directory))
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str | None = None) -> "Learner":
+        """Load a directory written by :meth:`save` after checking every file's hash."""
+        from .checkpoint import load_learner
+
+        return load_learner(Path(directory), device=device)

@@ -1,0 +1,98 @@
+"""CIFAR-style ResNets (He et al. 2016, section 4.2), the ABD classifier.
+
+The network returns its penultimate features next to the logits because the
+ABD losses need both from one forward pass: recomputing features costs a
+second pass and, in train mode, a second update of the BN running statistics
+that dreaming later inverts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ZeroPadShortcut(nn.Module):
+    """Parameter-free "option A" shortcut: subsample space, zero-pad channels."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        extra = out_planes - in_planes
+        self.pad_front = extra // 2
+        self.pad_back = extra - extra // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module
+        if stride != 1 or in_planes != planes:
+            self.shortcut = ZeroPadShortcut(in_planes, planes, stride)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """3x3 stem, three stages of basic blocks (16, 32, 64 wide), GAP, linear head.
+
+    ``num_classes`` is the head's capacity: every class the learner may ever
+    see. Only the logits of classes seen so far are used by the losses and by
+    prediction; the unused rows simply never receive gradient from a target.
+    """
+
+    def __init__(self, depth: int = 32, num_classes: int = 100, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, ...), got {depth}")
+        blocks = (depth - 2) // 6
+        self.depth = depth
+        self.in_channels = in_channels
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers: list[nn.Module] = []
+        in_planes = 16
+        for stage, planes in enumerate((16, 32, 64)):
+            for i in range(blocks):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                layers.append(BasicBlock(in_planes, planes, stride))
+                in_planes = planes
+        self.blocks = nn.Sequential(*layers)
+        self.feature_dim = in_planes
+        self.last = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+        nn.init.zeros_(self.last.bias)
+
+    @property
+    def num_classes(self) -> int:
+        return self.last.out_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.blocks(out)
+        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logits, penultimate features)`` from one pass."""
+        feats = self.features(x)
+        return self.last(feats), feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.features(x))

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from abd_edge.errors import ConfigError
+from abd_edge.models import build_backbone, build_generator, count_parameters
+
+
+def test_resnet32_parameter_count():
+    m = build_backbone("resnet32", 10, 3)
+    assert count_parameters(m) == 464_154  # "0.46 M" of the spec
+    assert m.feature_dim == 64
+    assert m.depth == 32 and len(m.blocks) == 15
+    logits, feats = m.forward_features(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and feats.shape == (2, 64)
+
+
+def test_resnet_grey_small_images():
+    m = build_backbone("resnet32", 10, 1)
+    assert m(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_option_a_shortcut_has_no_parameters():
+    m = build_backbone("resnet32", 10, 3)
+    first_of_stage2 = m.blocks[5]
+    assert sum(p.numel() for p in first_of_stage2.shortcut.parameters()) == 0
+    x = torch.randn(1, 16, 8, 8)
+    y = first_of_stage2.shortcut(x)
+    assert y.shape == (1, 32, 4, 4)
+    assert torch.equal(y[:, 8:24], x[:, :, ::2, ::2]) and y[:, :8].abs().sum() == 0
+
+
+def test_generator_shapes_and_size():
+    g = build_generator("abd", 32, 3)
+    assert count_parameters(g) == 8_423_939
+    assert g.l1.weight.numel() == 1000 * 128 * 8 * 8  # the 8.2 M Linear of the spec
+    assert g(torch.randn(4, 1000)).shape == (4, 3, 32, 32)
+    assert build_generator("abd", 64, 3)(torch.randn(2, 1000)).shape == (2, 3, 64, 64)
+    assert build_generator("abd", 8, 1)(torch.randn(2, 1000)).shape == (2, 1, 8, 8)
+    compact = build_generator("abd_compact", 32, 3)
+    assert count_parameters(compact) < count_parameters(g) / 14
+    # the final affine-free BN standardises each channel of a training batch
+    out = g.train()(torch.randn(64, 1000))
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert g.body[-1].affine is False and g.body[2].eps == 0.8
+
+
+def test_registry_errors():
+    with pytest.raises(ConfigError, match="unknown backbone 'vgg'"):
+        build_backbone("vgg", 10, 3)
+    with pytest.raises(ConfigError, match="unknown generator"):
+        build_generator("gan", 32, 3)
+    with pytest.raises(ValueError, match="8\\*2\\^k"):
+        build_generator("abd", 48, 3)
