@@ -1,0 +1,125 @@
+"""The ``abd-edge`` command line: bench, learn, export, simulate, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import AbdEdgeError
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchSpec, plot_curves, run_benchmark
+
+    spec = BenchSpec(
+        dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, method=args.method, seed=args.seed,
+        recipe=args.recipe, epochs=args.epochs, dream_iters=args.dream_iters, batch_size=args.batch_size,
+        device=args.device, generator=args.generator, replay_pool=args.replay_pool,
+    )
+    out = Path(args.out or f"runs/bench-{args.dataset}-{args.tasks}x-{args.method}-seed{args.seed}.json")
+    doc = run_benchmark(spec, out, show_progress=not args.quiet)
+    if not args.no_plot:
+        n_classes = sum(len(t) for t in doc["tasks"])
+        plot_curves(doc["methods"], out.with_suffix(".png"), n_classes // args.tasks)
+        print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    else:
+        print(f"\nwrote {out}")
+    return 0
+
+
+def _learn(args: argparse.Namespace) -> int:
+    from .config import LearnerConfig
+    from .learner import Learner
+
+    learner_dir = Path(args.learner)
+    if (learner_dir / "manifest.json").exists():
+        learner = Learner.load(learner_dir, device=args.device)
+    else:
+        cfg = LearnerConfig.preset(args.recipe, method=args.method, seed=args.seed, device=args.device)
+        if args.epochs is not None:
+            cfg.first_task.epochs = cfg.later_tasks.epochs = args.epochs
+        if args.dream_iters is not None:
+            cfg.dream.iterations = args.dream_iters
+        cfg.validate()
+        learner = Learner(cfg)
+    report = learner.learn_new_classes(args.data, show_progress=not args.quiet)
+    learner.save(learner_dir)
+    print(json.dumps({k: v for k, v in report.to_dict().items() if k != "epoch_losses"}, indent=2))
+    if args.eval:
+        print(f"accuracy on {args.eval}: {100 * learner.evaluate(args.eval):.2f}%")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .bench import environment
+
+    info: dict[str, object] = {"environment": environment()}
+    if args.path:
+        from .bundle_format import read_manifest
+
+        manifest = read_manifest(Path(args.path))
+        info["manifest"] = manifest
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="abd-edge", description="Data-free class-incremental learning (ABD) for devices")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="class-incremental benchmark: accuracy table, JSON and PNG")
+    b.add_argument("--dataset", choices=["digits", "cifar10", "cifar100", "folder"], default="digits")
+    b.add_argument("--data-root", help="cifar10: the .npz or a cifar-10-batches-py dir; cifar100: cifar-100-python; folder: DIR with train/ and test/")
+    b.add_argument("--tasks", type=int, default=5)
+    b.add_argument("--method", default="abd", help="abd, deepinversion, lwf, lwf_mc, finetune, upper_bound or all")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--recipe", choices=["paper", "short"], help="default: short (paper for cifar100)")
+    b.add_argument("--epochs", type=int)
+    b.add_argument("--dream-iters", type=int)
+    b.add_argument("--batch-size", type=int)
+    b.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    b.add_argument("--generator", help="abd (paper) or abd_compact")
+    b.add_argument("--replay-pool", type=int, help="dream this many batches per task and reuse them (0: fresh every step)")
+    b.add_argument("--out", help="results JSON (default runs/bench-....json); the PNG goes beside it")
+    b.add_argument("--no-plot", action="store_true")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=_bench)
+
+    lr = sub.add_parser("learn", help="learn the new classes of a dataset into a saved learner directory")
+    lr.add_argument("data", help="ImageFolder tree, CIFAR python dir or .npz")
+    lr.add_argument("--learner", required=True, help="learner directory (created on first use)")
+    lr.add_argument("--method", default="abd")
+    lr.add_argument("--recipe", choices=["paper", "short"], default="short")
+    lr.add_argument("--epochs", type=int)
+    lr.add_argument("--dream-iters", type=int)
+    lr.add_argument("--seed", type=int, default=0)
+    lr.add_argument("--device")
+    lr.add_argument("--eval", help="a labelled dataset to evaluate on afterwards")
+    lr.add_argument("--quiet", action="store_true")
+    lr.set_defaults(func=_learn)
+
+    i = sub.add_parser("info", help="environment, and the manifest of a learner or bundle directory")
+    i.add_argument("path", nargs="?")
+    i.set_defaults(func=_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except AbdEdgeError as e:
+        print(f"abd-edge: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("ABD_EDGE_PROGRESS", "0")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(method: str = "abd", **overrides):
+    """A learner small enough for a CPU unit test: a few SGD steps, a few dreaming steps."""
+    from abd_edge import AugmentConfig, DreamConfig, LearnerConfig, TrainConfig
+
+    train = TrainConfig(epochs=1, lr=0.05, batch_size=16, schedule="cosine", milestones=())
+    base = dict(
+        method=method,
+        backbone="resnet20",
+        max_classes=6,
+        first_task=train,
+        later_tasks=TrainConfig(epochs=1, lr=0.01, batch_size=16, schedule="cosine", milestones=()),
+        dream=DreamConfig(iterations=3, batch_size=16),
+        augment=AugmentConfig(crop_padding=1, flip=False, brightness=0.0, contrast=0.0),
+        head_balance="weight_align",
+        train_eval_max_images=None,
+        device="cpu",
+    )
+    base.update(overrides)
+    return LearnerConfig(**base)
+
+
+def make_task(labels, n_per_class=12, size=8, channels=1, seed=0):
+    """Random but class-dependent images (a per-class brightness pattern), uint8."""
+    g = torch.Generator().manual_seed(seed)
+    images, ys = [], []
+    for lab in labels:
+        base = torch.rand(channels, size, size, generator=g) * 200
+        noise = torch.rand(n_per_class, channels, size, size, generator=g) * 55
+        images.append((base + noise).to(torch.uint8))
+        ys += [lab] * n_per_class
+    return torch.cat(images), ys
+
+
+@pytest.fixture
+def cifar10_npz() -> Path:
+    p = Path(os.environ.get("ABD_EDGE_CIFAR10_JPEG", REPO.parent / "shared" / "data" / "cifar10_jpeg.npz"))
+    if not p.is_file():
+        pytest.skip(f"{p} not present")
+    return p
