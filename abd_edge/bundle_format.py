@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,6 +24,30 @@ MANIFEST = "manifest.json"
 FORMAT_NAME = "abd-edge"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
+
+# The files of a deployment bundle version (abd_edge.export writes them, abd_edge.runtime reads them).
+CLASSIFIER_ONNX = "classifier.onnx"
+CLASSIFIER_INT8_ONNX = "classifier.int8.onnx"
+GENERATOR_ONNX = "generator.onnx"
+LEARNER_DIR = "learner"
+
+#: Environment variable read by :func:`fault_point` (a test hook, see there).
+FAULT_ENV = "ABD_EDGE_FAULT_POINT"
+
+
+def fault_point(name: str) -> None:
+    """Test hook: die abruptly at the named step if ``ABD_EDGE_FAULT_POINT`` says so.
+
+    Crash safety cannot be tested by raising exceptions (``finally`` blocks
+    and context managers would still run), so the writers of bundles call
+    ``fault_point("staged")``, ``fault_point("renamed")``, ... between their
+    durable steps, and a test sets ``ABD_EDGE_FAULT_POINT=<name>`` in a child
+    process to have it SIGKILLed exactly there, as a power cut would. When the
+    variable is unset (always, in production) this is a dictionary lookup.
+    """
+    if os.environ.get(FAULT_ENV) == name:
+        # SIGKILL cannot be caught or cleaned up after: nothing runs past here.
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -43,6 +68,22 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(directory: str | os.PathLike[str]) -> None:
+    """fsync every regular file and every directory under ``directory`` (itself included).
+
+    A directory is only durably committed by a rename if its contents reached
+    the disk first, including files in subdirectories; directories are
+    synced after their contents so their entries are durable too.
+    """
+    root = Path(directory)
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            p = Path(dirpath, name)
+            if p.is_file() and not p.is_symlink():
+                fsync_path(p)
+        fsync_path(dirpath)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -110,6 +151,8 @@ def read_manifest(directory: str | os.PathLike[str], kind: str | None = None) ->
 
 def verify_files(directory: Path, files: dict[str, Any]) -> None:
     for name, entry in files.items():
+        if not isinstance(entry, dict):
+            raise BundleIntegrityError(f"manifest entry {name!r} in {directory} is {entry!r}, expected {{'sha256': ..., 'bytes': ...}}")
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise BundleIntegrityError(f"manifest entry {name!r} points outside {directory}")
         p = directory / name
@@ -138,10 +181,7 @@ def commit_dir(staged: Path, target: str | os.PathLike[str]) -> None:
     directory exists under a known name.
     """
     t = Path(target)
-    for f in staged.iterdir():
-        if f.is_file():
-            fsync_path(f)
-    fsync_path(staged)
+    fsync_tree(staged)
     old = None
     if t.exists():
         old = t.parent / f".{t.name}.old-{os.getpid()}"

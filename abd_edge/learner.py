@@ -145,6 +145,25 @@ class Learner:
         self._state = _State(ClassRegistry())
         self.history: list[LearnReport] = []
 
+    def reconfigure(self, **overrides: Any) -> None:
+        """Change settings between calls (budgets, schedules, method); learned state is untouched.
+
+        The device runtime uses this to apply its update budget to a learner
+        loaded from a bundle.
+        """
+        cfg = dataclasses.replace(self.config, **overrides)
+        cfg.validate()
+        method = build_method(cfg.method, cfg.losses)
+        if method.uses_replay and self._state.model is not None and self._state.generator is None:
+            raise ConfigError(
+                f"method {cfg.method!r} replays dreamed images, but this learner was trained with "
+                f"{self.config.method!r} and has no generator"
+            )
+        self.config = cfg
+        self.method = method
+        self._autocast = resolve_autocast(cfg.precision, self.device)
+        self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
     # ------------------------------------------------------------ properties
     @property
     def registry(self) -> ClassRegistry:
@@ -331,7 +350,7 @@ class Learner:
             train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng)
             del images
             dream_report = DreamReport(0, 0.0, {}, {})
-            if dream and gen is not None and gen_opt is not None and cfg.dream.iterations > 0:
+            if dream and self.method.uses_replay and gen is not None and gen_opt is not None and cfg.dream.iterations > 0:
                 dream_report = train_generator(
                     gen, model, n_seen, cfg.dream, gen_opt, self._seeded_generator(task_index, salt=1),
                     memory_format=self._memory_format, autocast=self._autocast,
@@ -342,7 +361,8 @@ class Learner:
                 for p, flag in zip(old_frozen.parameters(), old_grad):
                     p.requires_grad_(flag)
         model.eval()
-        stopped = result.stopped_early or dream_report.iterations < (cfg.dream.iterations if dream and gen is not None else 0)
+        wanted_dream = cfg.dream.iterations if dream and self.method.uses_replay and gen is not None else 0
+        stopped = result.stopped_early or dream_report.iterations < wanted_dream
         report = LearnReport(
             task_index=task_index,
             labels_added=list(new_labels),  # type: ignore[arg-type]

@@ -1,0 +1,129 @@
+"""Writing a deployment bundle version: ONNX models, the learner's state, the manifest.
+
+Every version is staged in a private directory, checked (onnx.checker and
+ONNX Runtime parity against torch) and only then committed by the bundle
+store, which renames it into place and switches the CURRENT pointer last. A
+failed check raises and leaves the bundle exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from abd_edge import __version__
+from abd_edge.bundle_format import CLASSIFIER_INT8_ONNX as CLASSIFIER_INT8
+from abd_edge.bundle_format import CLASSIFIER_ONNX as CLASSIFIER
+from abd_edge.bundle_format import GENERATOR_ONNX as GENERATOR
+from abd_edge.bundle_format import LEARNER_DIR
+from abd_edge.bundle_store import BundleStore
+from abd_edge.checkpoint import save_learner
+from abd_edge.errors import ConfigError
+
+from .onnx_export import (
+    DEFAULT_OPSET,
+    DeployedClassifier,
+    compare_int8,
+    export_classifier,
+    export_generator,
+    quantize_classifier_int8,
+    verification_images,
+    verify_parity,
+)
+
+if TYPE_CHECKING:
+    from abd_edge.learner import Learner
+
+log = logging.getLogger(__name__)
+
+
+
+def _classes(learner: "Learner") -> list[dict[str, Any]]:
+    reg = learner.registry
+    return [{"index": i, "label": reg.label_of(i), "name": reg.name_of(i)} for i in range(len(reg))]
+
+
+def export_bundle(
+    learner: "Learner",
+    path: str | Path | BundleStore,
+    *,
+    quantize: str | None = None,
+    keep_versions: int = 3,
+    lock_timeout_s: float = 0.0,
+    opset: int = DEFAULT_OPSET,
+    verify_images: int = 64,
+    summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export ``learner`` as a new version of the bundle at ``path``; return what was written.
+
+    ``quantize="int8"`` adds an int8 classifier (static quantization
+    calibrated on dreamed images, never on stored data) next to the fp32 one.
+    The returned dict has ``version``, ``parent_version``, ``bytes`` (all
+    files), per-file sizes, the parity results and the manifest.
+    """
+    learner._require_fitted("export")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"quantize must be None or 'int8', got {quantize!r}")
+    store = path if isinstance(path, BundleStore) else BundleStore(path, keep_versions=keep_versions, lock_timeout_s=lock_timeout_s)
+    c, h, w = learner.input_shape  # type: ignore[misc]
+    start = time.perf_counter()
+    with store.new_version() as staged:
+        d = staged.path
+        cls_info = export_classifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w), d / CLASSIFIER, opset=opset)
+        images = verification_images(learner, verify_images, seed=learner.tasks_learned)
+        deployed = DeployedClassifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w))
+        parity = {"classifier": verify_parity(deployed, d / CLASSIFIER, {"images": images})}
+        gen_info = None
+        if learner.generator is not None:
+            gen_info = export_generator(learner.generator, d / GENERATOR, opset=opset)
+            z = np.random.default_rng(learner.tasks_learned).standard_normal((16, learner.generator.zdim)).astype(np.float32)
+            gen_copy = _eval_copy(learner.generator)
+            parity["generator"] = verify_parity(gen_copy, d / GENERATOR, {"z": z}, output="images")
+        quant = None
+        if quantize == "int8":
+            quant = quantize_classifier_int8(d / CLASSIFIER, d / CLASSIFIER_INT8, images)
+            quant["agreement"] = compare_int8(d / CLASSIFIER, d / CLASSIFIER_INT8, images)
+        save_learner(learner, d / LEARNER_DIR)
+        mean = learner.normalizer.mean.cpu().tolist()
+        std = learner.normalizer.std.cpu().tolist()
+        manifest = staged.write_manifest(
+            abd_edge_version=__version__,
+            classes=_classes(learner),
+            input={"name": "images", "dtype": "uint8", "layout": "NHWC", "shape": [None, h, w, c],
+                   "normalization": "inside the graph: x / 255, then (x - mean) / std per channel"},
+            outputs={"logits": "float32 (N, classes)", "probabilities": "float32 (N, classes), softmax of logits"},
+            normalization={"mean": mean, "std": std},
+            opset=opset,
+            generator=None if gen_info is None else {"zdim": gen_info["zdim"], "output": "float32 (N, C, H, W), normalised input space"},
+            learner={"method": learner.config.method, "tasks_learned": learner.tasks_learned,
+                     "config": learner.config.to_dict(), "history": [r.to_dict() for r in learner.history]},
+            privacy={"ledger": list(getattr(learner, "privacy_ledger", []))},
+            parity=parity,
+            quantization=quant,
+            summary=summary or {"update": "export", "n_classes": learner.num_classes},
+        )
+    files = {name: entry["bytes"] for name, entry in manifest["files"].items()}
+    info = {
+        "version": staged.version,
+        "parent_version": staged.parent_version,
+        "path": str(store.version_dir(staged.version)),
+        "bytes": sum(files.values()),
+        "files": files,
+        "parity": parity,
+        "quantization": quant,
+        "seconds": time.perf_counter() - start,
+        "manifest": manifest,
+    }
+    log.info("bundle version %s written (%.1f MB, %.1f s)", staged.version, info["bytes"] / 2**20, info["seconds"])
+    return info
+
+
+def _eval_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).eval()
