@@ -51,6 +51,7 @@ class BenchSpec:
     device: str | None = None
     generator: str | None = None
     replay_pool: int | None = None
+    threads: int | None = None
 
 
 def _find(root: str | None, what: str) -> Path:
@@ -155,6 +156,8 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
     else:
         cfg = learner_config(spec, method)
         stream = tasks
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
     learner = Learner(cfg)
     if learner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(learner.device)
@@ -166,10 +169,14 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
         rep = learner.learn_new_classes(data, dream=t < len(stream) - 1, show_progress=show_progress)
         reports.append(rep.to_dict())
         seen_tasks = tasks if method == UPPER_BOUND else tasks[: t + 1]
-        test_parts = [test.select_labels(c) for c in seen_tasks]
-        per_task = [learner.evaluate(p) for p in test_parts]
-        all_seen = LabeledImages(torch.cat([p.images for p in test_parts]), sum((p.labels for p in test_parts), []))
-        seen_acc = learner.evaluate(all_seen)
+        seen_test = test.select_labels([c for task in seen_tasks for c in task])
+        pred = learner.logits(seen_test).argmax(dim=1)
+        truth = torch.tensor(learner.registry.indices_of(seen_test.labels))
+        correct = pred == truth
+        task_of = {lab: j for j, task in enumerate(seen_tasks) for lab in task}
+        which = torch.tensor([task_of[lab] for lab in seen_test.labels])
+        per_task = [float(correct[which == j].float().mean()) for j in range(len(seen_tasks))]
+        seen_acc = float(correct.float().mean())
         if method == UPPER_BOUND:
             matrix.record(0, [seen_acc], seen_accuracy=seen_acc)
         else:
@@ -306,7 +313,34 @@ def spec_args(spec: BenchSpec) -> list[str]:
     args = ["--dataset", spec.dataset, "--tasks", str(spec.tasks), "--method", spec.method, "--seed", str(spec.seed)]
     for flag, value in (("--data-root", spec.data_root), ("--recipe", spec.recipe), ("--epochs", spec.epochs),
                         ("--dream-iters", spec.dream_iters), ("--batch-size", spec.batch_size),
-                        ("--device", spec.device), ("--generator", spec.generator), ("--replay-pool", spec.replay_pool)):
+                        ("--device", spec.device), ("--generator", spec.generator), ("--replay-pool", spec.replay_pool),
+                        ("--threads", spec.threads)):
         if value is not None:
             args += [flag, str(value)]
     return args
+
+
+def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
+    """Combine single-method result files of one protocol (e.g. run in parallel) into one document."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    first = docs[0]
+    for p, d in zip(paths, docs):
+        if d["class_order"] != first["class_order"] or d["tasks"] != first["tasks"]:
+            raise ConfigError(f"{p} uses another class order or task split than {paths[0]}; cannot merge")
+        strip = lambda b: {k: v for k, v in b.items() if k not in ("method", "threads")}  # noqa: E731
+        if strip(d["benchmark"]) != strip(first["benchmark"]):
+            raise ConfigError(f"{p} was run with other settings ({d['benchmark']}) than {paths[0]} ({first['benchmark']})")
+    methods = {name: r for d in docs for name, r in d["methods"].items()}
+    doc = {
+        "benchmark": {**first["benchmark"], "method": sorted(methods)},
+        "environment": first["environment"],
+        "class_order": first["class_order"],
+        "tasks": first["tasks"],
+        "sources": [str(p) for p in paths],
+        "runs": {name: {"benchmark": d["benchmark"], "environment": d["environment"]} for d in docs for name in d["methods"]},
+        "methods": methods,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    print(format_comparison(methods))
+    return doc

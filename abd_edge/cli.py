@@ -18,7 +18,7 @@ def _bench(args: argparse.Namespace) -> int:
     spec = BenchSpec(
         dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, method=args.method, seed=args.seed,
         recipe=args.recipe, epochs=args.epochs, dream_iters=args.dream_iters, batch_size=args.batch_size,
-        device=args.device, generator=args.generator, replay_pool=args.replay_pool,
+        device=args.device, generator=args.generator, replay_pool=args.replay_pool, threads=args.threads,
     )
     out = Path(args.out or f"runs/bench-{args.dataset}-{args.tasks}x-{args.method}-seed{args.seed}.json")
     doc = run_benchmark(spec, out, show_progress=not args.quiet)
@@ -28,6 +28,16 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"\nwrote {out} and {out.with_suffix('.png')}")
     else:
         print(f"\nwrote {out}")
+    return 0
+
+
+def _bench_report(args: argparse.Namespace) -> int:
+    from .bench import merge_results, plot_curves
+
+    doc = merge_results([Path(p) for p in args.results], Path(args.out))
+    n_classes = sum(len(t) for t in doc["tasks"])
+    plot_curves(doc["methods"], Path(args.out).with_suffix(".png"), n_classes // len(doc["tasks"]))
+    print(f"\nwrote {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0
 
 
@@ -51,6 +61,34 @@ def _learn(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in report.to_dict().items() if k != "epoch_losses"}, indent=2))
     if args.eval:
         print(f"accuracy on {args.eval}: {100 * learner.evaluate(args.eval):.2f}%")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_bundle
+    from .learner import Learner
+
+    learner = Learner.load(args.learner, device="cpu")
+    info = export_bundle(learner, args.bundle, quantize=args.quantize, keep_versions=args.keep_versions)
+    summary = {k: info[k] for k in ("version", "parent_version", "path", "bytes", "files", "parity", "quantization", "seconds")}
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .runtime import DeviceBudget
+    from .simulate import default_budget, run_simulation
+
+    budget = default_budget(args.dataset)
+    for field in ("epochs", "dream_iterations", "batch_size", "threads", "time_budget_s"):
+        value = getattr(args, field)
+        if value is not None:
+            setattr(budget, field, value)
+    run_simulation(
+        args.dataset, args.data_root, tasks=args.tasks, seed=args.seed, out_dir=args.out,
+        compare_engine=args.compare_engine, budget=budget, server_epochs=args.server_epochs,
+        server_dream_iters=args.server_dream_iters, show_progress=not args.quiet,
+    )
     return 0
 
 
@@ -85,10 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     b.add_argument("--generator", help="abd (paper) or abd_compact")
     b.add_argument("--replay-pool", type=int, help="dream this many batches per task and reuse them (0: fresh every step)")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, all cores)")
     b.add_argument("--out", help="results JSON (default runs/bench-....json); the PNG goes beside it")
     b.add_argument("--no-plot", action="store_true")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_bench)
+
+    br = sub.add_parser("bench-report", help="merge per-method benchmark JSONs (same protocol) into one table, JSON and PNG")
+    br.add_argument("results", nargs="+")
+    br.add_argument("--out", required=True)
+    br.set_defaults(func=_bench_report)
 
     lr = sub.add_parser("learn", help="learn the new classes of a dataset into a saved learner directory")
     lr.add_argument("data", help="ImageFolder tree, CIFAR python dir or .npz")
@@ -102,6 +146,30 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--eval", help="a labelled dataset to evaluate on afterwards")
     lr.add_argument("--quiet", action="store_true")
     lr.set_defaults(func=_learn)
+
+    e = sub.add_parser("export", help="export a saved learner as a new version of an ONNX bundle")
+    e.add_argument("learner", help="a directory written by Learner.save / abd-edge learn")
+    e.add_argument("bundle", help="bundle directory (created, or given a new version)")
+    e.add_argument("--quantize", choices=["int8"], help="also write an int8 classifier calibrated on dreamed images")
+    e.add_argument("--keep-versions", type=int, default=3)
+    e.set_defaults(func=_export)
+
+    s = sub.add_parser("simulate", help="class-incremental device simulation (server -> bundle -> local updates)")
+    s.add_argument("--dataset", choices=["digits", "cifar10", "folder"], default="digits")
+    s.add_argument("--data-root")
+    s.add_argument("--tasks", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/simulation", help="output directory (bundles, JSON, PNG)")
+    s.add_argument("--compare-engine", action="store_true", help="also run the same updates in the training engine")
+    s.add_argument("--epochs", type=int, help="device budget: epochs per update")
+    s.add_argument("--dream-iterations", type=int, help="device budget: dreaming iterations per update")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--time-budget-s", type=float)
+    s.add_argument("--server-epochs", type=int)
+    s.add_argument("--server-dream-iters", type=int)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_simulate)
 
     i = sub.add_parser("info", help="environment, and the manifest of a learner or bundle directory")
     i.add_argument("path", nargs="?")
