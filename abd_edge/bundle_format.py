@@ -173,22 +173,50 @@ def staging_dir(target: str | os.PathLike[str]) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{t.name}.tmp-", dir=t.parent))
 
 
+def _aside_name(target: Path) -> Path:
+    return target.parent / f".{target.name}.old"
+
+
 def commit_dir(staged: Path, target: str | os.PathLike[str]) -> None:
     """Move a fully written, fsynced directory into place.
 
-    An existing target is first renamed aside and deleted only after the new
-    one is in place, so at every instant either the old or the new complete
-    directory exists under a known name.
+    An existing target is first renamed aside (to ``.NAME.old``) and deleted
+    only after the new one is in place, so at every instant either the old or
+    the new complete directory exists under a known name;
+    :func:`recover_dir` puts the old one back if a crash came in between.
     """
     t = Path(target)
     fsync_tree(staged)
+    recover_dir(t)
     old = None
     if t.exists():
-        old = t.parent / f".{t.name}.old-{os.getpid()}"
+        old = _aside_name(t)
         if old.exists():
             shutil.rmtree(old)
         os.replace(t, old)
+        fsync_path(t.parent)
+    fault_point("commit_dir_aside")
     os.replace(staged, t)
     fsync_path(t.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(target: str | os.PathLike[str]) -> bool:
+    """Undo a :func:`commit_dir` interrupted between its two renames; True if it did.
+
+    If ``target`` is missing but its renamed-aside predecessor exists, that
+    predecessor is the last complete version: rename it back. If both
+    exist, the commit finished and only the deletion of the old copy was
+    interrupted: delete it.
+    """
+    t = Path(target)
+    old = _aside_name(t)
+    if not old.exists():
+        return False
+    if t.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        return False
+    os.replace(old, t)
+    fsync_path(t.parent)
+    return True

@@ -8,6 +8,7 @@ exactly as one that never stopped.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .bundle_format import commit_dir, read_json, read_manifest, staging_dir, write_json, write_manifest
+from .bundle_format import commit_dir, read_json, read_manifest, recover_dir, staging_dir, write_json, write_manifest
 from .config import LearnerConfig
 from .engine import Normalizer
 from .errors import AbdEdgeError, BundleError, BundleIntegrityError
@@ -23,6 +24,8 @@ from .registry import ClassRegistry
 
 if TYPE_CHECKING:
     from .learner import Learner
+
+log = logging.getLogger(__name__)
 
 KIND = "learner"
 WEIGHTS = "weights.safetensors"
@@ -106,6 +109,8 @@ def save_learner(learner: "Learner", directory: Path) -> Path:
 def load_learner(directory: Path, *, device: str | None = None) -> "Learner":
     from .learner import Learner, LearnReport, _State
 
+    if recover_dir(directory):
+        log.warning("%s: restored the previous save after an interrupted save", directory)
     read_manifest(directory, kind=KIND)  # checks version, presence and hashes of every file
     state = read_json(directory / STATE)
     try:

@@ -249,3 +249,31 @@ def test_load_refuses_missing_edited_and_unknown(trained, tmp_path):
         Learner.load(d)
     with pytest.raises(BundleMissingFileError):
         Learner.load(tmp_path / "nothing-here")
+
+
+def test_save_killed_between_renames_loads_previous(trained, tmp_path):
+    """SIGKILL between moving the old save aside and moving the new one in: load gets the old one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    d = tmp_path / "l"
+    trained.save(d)
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO / 'tests')!r})
+from conftest import make_task
+from abd_edge import Learner
+learner = Learner.load({str(d)!r})
+learner.learn_new_classes(make_task([5, 6]))
+learner.save({str(d)!r})
+"""
+    env = dict(os.environ, ABD_EDGE_FAULT_POINT="commit_dir_aside")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert not d.exists()  # killed with the old save aside and the new one not yet in place
+    back = Learner.load(d)
+    assert back.tasks_learned == 1 and back.class_names == trained.class_names

@@ -56,20 +56,14 @@ class LwFMC(Method):
         return bce, {"bce": bce}
 
 
-class DeepInversion(Method):
+class DeepInversion(LwF):
     """Dreamed replay with plain CE over all classes plus logit distillation.
 
-    The same generator and replay as ABD, but synthetic and real images are
-    mixed into one softmax: the classifier learns to separate old from new
-    by the synthetic-vs-real domain gap, which ABD diagnoses as the failure.
+    The loss is LwF's, applied to ``[real; synthetic]``: the same generator
+    and replay as ABD, but synthetic and real images are mixed into one
+    softmax, so the classifier can separate old from new classes by the
+    synthetic-vs-real domain gap, which ABD diagnoses as the failure.
     """
 
     name = "deepinversion"
     uses_replay = True
-    uses_old_model = True
-
-    def incremental_loss(self, ctx: TaskContext, out: StepOutputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        assert out.old_logits is not None
-        ce = F.cross_entropy(out.logits[:, : ctx.n_seen], out.labels)
-        kd = self.cfg.kd_weight * soft_cross_entropy_kd(out.logits[:, : ctx.n_old], out.old_logits, self.cfg.kd_temperature)
-        return ce + kd, {"ce": ce, "kd": kd}
