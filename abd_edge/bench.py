@@ -52,6 +52,7 @@ class BenchSpec:
     generator: str | None = None
     replay_pool: int | None = None
     threads: int | None = None
+    save_learner: str | None = None
 
 
 def _find(root: str | None, what: str) -> Path:
@@ -187,6 +188,8 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
               f"accuracy {100 * seen_acc:.2f}%  train {rep.train_seconds:.0f}s "
               f"({rep.train_images_per_second:.0f} img/s)  dream {rep.dream_seconds:.0f}s", flush=True)
     total = time.perf_counter() - start
+    if spec.save_learner:
+        learner.save(Path(spec.save_learner))
     replay_ips = [r["train_images_per_second"] for r in reports[1:]]
     dream_spi = [r["dream_seconds_per_iteration"] for r in reports if r["dream_iterations"]]
     return {
@@ -287,7 +290,9 @@ def run_benchmark(spec: BenchSpec, out: Path, show_progress: bool = True) -> dic
         with tempfile.TemporaryDirectory() as tmp:
             for m in methods:
                 sub_out = Path(tmp) / f"{m}.json"
-                cmd = [sys.executable, "-m", "abd_edge.cli", "bench", *spec_args(dataclasses.replace(spec, method=m)), "--out", str(sub_out), "--no-plot"]
+                save = str(Path(spec.save_learner) / m) if spec.save_learner else None
+                sub_spec = dataclasses.replace(spec, method=m, save_learner=save)
+                cmd = [sys.executable, "-m", "abd_edge.cli", "bench", *spec_args(sub_spec), "--out", str(sub_out), "--no-plot"]
                 log.info("running %s", " ".join(cmd))
                 subprocess.run(cmd, check=True)
                 results[m] = json.loads(sub_out.read_text())["methods"][m]
@@ -314,7 +319,7 @@ def spec_args(spec: BenchSpec) -> list[str]:
     for flag, value in (("--data-root", spec.data_root), ("--recipe", spec.recipe), ("--epochs", spec.epochs),
                         ("--dream-iters", spec.dream_iters), ("--batch-size", spec.batch_size),
                         ("--device", spec.device), ("--generator", spec.generator), ("--replay-pool", spec.replay_pool),
-                        ("--threads", spec.threads)):
+                        ("--threads", spec.threads), ("--save-learner", spec.save_learner)):
         if value is not None:
             args += [flag, str(value)]
     return args
@@ -327,7 +332,7 @@ def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
     for p, d in zip(paths, docs):
         if d["class_order"] != first["class_order"] or d["tasks"] != first["tasks"]:
             raise ConfigError(f"{p} uses another class order or task split than {paths[0]}; cannot merge")
-        strip = lambda b: {k: v for k, v in b.items() if k not in ("method", "threads")}  # noqa: E731
+        strip = lambda b: {k: v for k, v in b.items() if k not in ("method", "threads", "save_learner")}  # noqa: E731
         if strip(d["benchmark"]) != strip(first["benchmark"]):
             raise ConfigError(f"{p} was run with other settings ({d['benchmark']}) than {paths[0]} ({first['benchmark']})")
     methods = {name: r for d in docs for name, r in d["methods"].items()}

@@ -19,6 +19,7 @@ def _bench(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, method=args.method, seed=args.seed,
         recipe=args.recipe, epochs=args.epochs, dream_iters=args.dream_iters, batch_size=args.batch_size,
         device=args.device, generator=args.generator, replay_pool=args.replay_pool, threads=args.threads,
+        save_learner=args.save_learner,
     )
     out = Path(args.out or f"runs/bench-{args.dataset}-{args.tasks}x-{args.method}-seed{args.seed}.json")
     doc = run_benchmark(spec, out, show_progress=not args.quiet)
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--generator", help="abd (paper) or abd_compact")
     b.add_argument("--replay-pool", type=int, help="dream this many batches per task and reuse them (0: fresh every step)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, all cores)")
+    b.add_argument("--save-learner", help="save the final learner here (with --method all: one subdirectory per method)")
     b.add_argument("--out", help="results JSON (default runs/bench-....json); the PNG goes beside it")
     b.add_argument("--no-plot", action="store_true")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
