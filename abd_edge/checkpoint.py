@@ -89,7 +89,9 @@ def save_learner(learner: "Learner", directory: Path) -> Path:
     st = learner._state
     tensors = learner_tensors(learner)
     opt_scalars = None
-    if st.generator_opt is not None:
+    if st.generator_opt is not None and learner.config.dream.keep_optimizer:
+        # The reference continues one Adam across tasks; without keep_optimizer a
+        # fresh Adam starts each call, so its state (2x the generator) need not be kept.
         opt_t, opt_scalars = optimizer_tensors(st.generator_opt, "generator_opt")
         tensors.update(opt_t)
     staged = staging_dir(directory)

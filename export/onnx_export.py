@@ -453,12 +453,18 @@ def verify_parity(
     inputs: Mapping[str, np.ndarray],
     *,
     atol: float = 1e-4,
+    rtol: float = 1e-6,
     output: str = "logits",
 ) -> dict[str, Any]:
     """Check that ONNX Runtime and torch agree on ``inputs``; raise :class:`ExportError` if not.
 
-    Compares the named ``output``: the largest absolute difference must be
-    at most ``atol``, and for 2-D (N, classes) outputs the top-1 class must be
+    Compares the named ``output``: every element must satisfy
+    ``|ort - torch| <= atol + rtol * scale``, where ``scale`` is the largest
+    magnitude in that sample's output row. For logits of ordinary size this
+    is the absolute bound ``atol``; the small relative part only matters for
+    a model whose outputs reach the thousands, where float32 rounding of the
+    large values (about 6e-8 of them per operation) leaves every element of
+    the row uncertain by more than any fixed bound. For 2-D (N, classes) outputs the top-1 class must be
     the same for every row. A top-1 flip is forgiven only where torch itself
     has the two classes within ``atol`` of each other (a numerical tie that
     any change of summation order can break); those are counted as
@@ -490,6 +496,9 @@ def verify_parity(
         )
     diff = np.abs(ort_out.astype(np.float64) - ref.astype(np.float64))
     max_diff = float(diff.max()) if diff.size else 0.0
+    mag = np.abs(ref.astype(np.float64))
+    scale = mag.reshape(mag.shape[0], -1).max(axis=1).reshape((-1,) + (1,) * (mag.ndim - 1)) if mag.ndim and mag.size else mag
+    excess = diff - (atol + rtol * scale)
     if not np.isfinite(max_diff):
         raise ExportError(f"{path.name}: output {output!r} is not finite in ONNX Runtime or torch")
     n = int(ref.shape[0]) if ref.ndim else 1
@@ -504,11 +513,12 @@ def verify_parity(
                 ties += 1
             else:
                 bad_rows.append(int(i))
-    result = {"max_abs_diff": max_diff, "top1_equal": top1_equal, "top1_ties": ties, "n": n, "atol": atol}
-    if max_diff > atol:
+    result = {"max_abs_diff": max_diff, "top1_equal": top1_equal, "top1_ties": ties, "n": n, "atol": atol, "rtol": rtol,
+              "max_abs_output": float(np.abs(ref).max()) if ref.size else 0.0}
+    if diff.size and float(excess.max()) > 0:
         raise ExportError(
             f"{path.name}: ONNX Runtime and torch differ by {max_diff:.3g} on output {output!r} "
-            f"over {n} inputs; expected at most atol={atol:g}"
+            f"over {n} inputs; expected at most atol={atol:g} + rtol={rtol:g} * (largest |output| of the sample)"
         )
     if bad_rows:
         raise ExportError(

@@ -326,3 +326,24 @@ def test_rgb32_resnet20_and_compact_generator(tmp_path):
     ort_logits = ox.make_session(ci["path"]).run(["logits"], {"images": x})[0]
     ref = model(norm(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255))[:, :4].detach().numpy()
     np.testing.assert_allclose(ort_logits, ref, atol=1e-4)
+
+
+def test_parity_tolerance_scales_with_huge_outputs(tmp_path):
+    """float32 rounding of logits near 1e5 is not an export bug; an error of the same size on small logits is."""
+    import torch.nn as tnn
+
+    class Scale(tnn.Module):
+        def __init__(self, factor: float, bump: float = 0.0) -> None:
+            super().__init__()
+            self.factor, self.bump = factor, bump
+
+        def forward(self, x):
+            return x * self.factor + self.bump
+
+    p = tmp_path / "s.onnx"
+    ox._export_module(Scale(1.0).eval(), (torch.zeros(2, 2),), ["x"], ["logits"], p, ox.DEFAULT_OPSET)
+    big = np.array([[1e5, 1.0]], np.float32)
+    # torch output shifted by 0.05 on a row whose largest value is 1e5: 0.05 <= 1e-4 + 1e-6 * 1e5
+    assert ox.verify_parity(Scale(1.0, bump=0.05), p, {"x": big})["max_abs_diff"] == pytest.approx(0.05, rel=1e-3)
+    with pytest.raises(ExportError, match="differ by"):
+        ox.verify_parity(Scale(1.0, bump=0.05), p, {"x": np.array([[10.0, 1.0]], np.float32)})
