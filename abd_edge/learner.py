@@ -316,7 +316,9 @@ class Learner:
             if gen is not None:
                 gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr)
                 if cfg.dream.keep_optimizer and st.generator_opt is not None:
-                    gen_opt.load_state_dict(st.generator_opt.state_dict())
+                    # load_state_dict keeps the tensors it is given: copy them, or this
+                    # call's Adam steps would mutate the committed state in place.
+                    gen_opt.load_state_dict(copy.deepcopy(st.generator_opt.state_dict()))
             normalizer = st.normalizer
         old_frozen = None
         if old_model is not None:

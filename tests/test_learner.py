@@ -23,12 +23,16 @@ def state_snapshot(learner: Learner):
     st = learner._state
     weights = {k: v.clone() for k, v in st.model.state_dict().items()} if st.model is not None else None
     gen = {k: v.clone() for k, v in st.generator.state_dict().items()} if st.generator is not None else None
-    return (st.registry.to_dict(), st.tasks_learned, st.input_shape, weights, gen, len(learner.history))
+    opt = None
+    if st.generator_opt is not None:
+        opt = {f"{pid}.{k}": v.clone() for pid, s in st.generator_opt.state_dict()["state"].items()
+               for k, v in s.items() if isinstance(v, torch.Tensor)}
+    return (st.registry.to_dict(), st.tasks_learned, st.input_shape, weights, gen, len(learner.history), opt)
 
 
 def assert_same_state(a, b):
     assert a[:3] == b[:3] and a[5] == b[5]
-    for wa, wb in ((a[3], b[3]), (a[4], b[4])):
+    for wa, wb in ((a[3], b[3]), (a[4], b[4]), (a[6], b[6])):
         if wa is None:
             assert wb is None
             continue
@@ -199,15 +203,22 @@ def test_evaluate_unknown_label(trained):
         trained.evaluate(make_task([0, 42]))
 
 
-def test_error_mid_training_leaves_learner_unchanged(trained, monkeypatch):
-    import abd_edge.learner as mod
+def test_error_mid_dreaming_leaves_learner_unchanged(trained, monkeypatch):
+    """A failure after some dreaming steps: the committed generator and its Adam state are untouched."""
+    import abd_edge.dreaming as dreaming
 
     before = state_snapshot(trained)
+    assert before[6]  # the first call left Adam state behind
+    real = dreaming.inversion_losses
+    calls = []
 
     def boom(*a, **k):
-        raise RuntimeError("power cut")
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("power cut")
+        return real(*a, **k)
 
-    monkeypatch.setattr(mod, "train_generator", boom)
+    monkeypatch.setattr(dreaming, "inversion_losses", boom)
     with pytest.raises(RuntimeError, match="power cut"):
         trained.learn_new_classes(make_task([5, 6]))
     assert_same_state(before, state_snapshot(trained))
