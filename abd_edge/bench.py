@@ -53,6 +53,8 @@ class BenchSpec:
     replay_pool: int | None = None
     threads: int | None = None
     save_learner: str | None = None
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)  # dotted config settings (--set)
+    max_tasks: int | None = None  # stop after this many tasks of the split (a quick partial run)
 
 
 def _find(root: str | None, what: str) -> Path:
@@ -133,6 +135,8 @@ def learner_config(spec: BenchSpec, method: str) -> LearnerConfig:
         cfg.dream.batch_size = spec.batch_size
     cfg.max_classes = 100 if ds == "cifar100" else max(10, cfg.max_classes if ds == "folder" else 10)
     cfg.validate()
+    if spec.overrides:
+        cfg = cfg.with_overrides(spec.overrides)
     return cfg
 
 
@@ -156,7 +160,7 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
         stream = [order]
     else:
         cfg = learner_config(spec, method)
-        stream = tasks
+        stream = tasks[: spec.max_tasks] if spec.max_tasks else tasks
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     learner = Learner(cfg)
@@ -167,7 +171,7 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
     start = time.perf_counter()
     for t, classes in enumerate(stream):
         data = train.select_labels(classes)
-        rep = learner.learn_new_classes(data, dream=t < len(stream) - 1, show_progress=show_progress)
+        rep = learner.learn_new_classes(data, dream=t < len(tasks) - 1, show_progress=show_progress)
         reports.append(rep.to_dict())
         seen_tasks = tasks if method == UPPER_BOUND else tasks[: t + 1]
         seen_test = test.select_labels([c for task in seen_tasks for c in task])
@@ -283,6 +287,8 @@ def run_benchmark(spec: BenchSpec, out: Path, show_progress: bool = True) -> dic
     if n_classes % spec.tasks:
         raise ConfigError(f"{n_classes} classes cannot be cut into {spec.tasks} equal tasks")
     del train
+    if spec.max_tasks is not None and not 1 <= spec.max_tasks <= spec.tasks:
+        raise ConfigError(f"--max-tasks must be between 1 and --tasks ({spec.tasks}), got {spec.max_tasks}")
     results: dict[str, dict[str, Any]] = {}
     if len(methods) == 1:
         results[methods[0]] = run_method(spec, methods[0], show_progress)
@@ -319,9 +325,12 @@ def spec_args(spec: BenchSpec) -> list[str]:
     for flag, value in (("--data-root", spec.data_root), ("--recipe", spec.recipe), ("--epochs", spec.epochs),
                         ("--dream-iters", spec.dream_iters), ("--batch-size", spec.batch_size),
                         ("--device", spec.device), ("--generator", spec.generator), ("--replay-pool", spec.replay_pool),
-                        ("--threads", spec.threads), ("--save-learner", spec.save_learner)):
+                        ("--threads", spec.threads), ("--save-learner", spec.save_learner),
+                        ("--max-tasks", spec.max_tasks)):
         if value is not None:
             args += [flag, str(value)]
+    for key, value in spec.overrides.items():
+        args += ["--set", f"{key}={value}"]
     return args
 
 

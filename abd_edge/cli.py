@@ -9,7 +9,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import AbdEdgeError
+from .errors import AbdEdgeError, ConfigError
+
+
+def _parse_sets(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. later_tasks.lr=0.05), got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -19,7 +29,7 @@ def _bench(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, method=args.method, seed=args.seed,
         recipe=args.recipe, epochs=args.epochs, dream_iters=args.dream_iters, batch_size=args.batch_size,
         device=args.device, generator=args.generator, replay_pool=args.replay_pool, threads=args.threads,
-        save_learner=args.save_learner,
+        save_learner=args.save_learner, overrides=_parse_sets(args.set), max_tasks=args.max_tasks,
     )
     out = Path(args.out or f"runs/bench-{args.dataset}-{args.tasks}x-{args.method}-seed{args.seed}.json")
     doc = run_benchmark(spec, out, show_progress=not args.quiet)
@@ -88,7 +98,7 @@ def _simulate(args: argparse.Namespace) -> int:
     run_simulation(
         args.dataset, args.data_root, tasks=args.tasks, seed=args.seed, out_dir=args.out,
         compare_engine=args.compare_engine, budget=budget, server_epochs=args.server_epochs,
-        server_dream_iters=args.server_dream_iters, show_progress=not args.quiet,
+        server_dream_iters=args.server_dream_iters, show_progress=not args.quiet, max_steps=args.steps,
     )
     return 0
 
@@ -127,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, all cores)")
     b.add_argument("--save-learner", help="save the final learner here (with --method all: one subdirectory per method)")
     b.add_argument("--out", help="results JSON (default runs/bench-....json); the PNG goes beside it")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a learner setting, e.g. later_tasks.lr=0.05 or head_balance=none (repeatable)")
+    b.add_argument("--max-tasks", type=int, help="stop after this many tasks (a quick partial run; dreaming still runs after each)")
     b.add_argument("--no-plot", action="store_true")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_bench)
@@ -168,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--threads", type=int)
     s.add_argument("--time-budget-s", type=float)
+    s.add_argument("--steps", type=int, help="stop after this many device updates (default: all tasks after the base)")
     s.add_argument("--server-epochs", type=int)
     s.add_argument("--server-dream-iters", type=int)
     s.add_argument("--quiet", action="store_true")

@@ -27,6 +27,7 @@ import torch
 
 from .bench import BenchSpec, environment, learner_config, load_benchmark_data
 from .data import LabeledImages, class_order, split_tasks
+from .errors import ConfigError
 from .resources import PeakRSS
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,14 @@ def run_simulation(
     server_epochs: int | None = None,
     server_dream_iters: int | None = None,
     show_progress: bool = False,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     from . import runtime
     from .export import export_bundle
     from .learner import Learner
 
+    if max_steps is not None and max_steps < 0:
+        raise ConfigError(f"max_steps must be >= 0, got {max_steps}")
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
@@ -135,7 +139,8 @@ def run_simulation(
     seen = list(steps[0])
     rows.append(evaluate(0, seen, {}))
     print(format_row(rows[-1], header=True), flush=True)
-    for step, classes in enumerate(steps[1:], start=1):
+    updates_to_run = steps[1:] if max_steps is None else steps[1 : 1 + max_steps]
+    for step, classes in enumerate(updates_to_run, start=1):
         local = train.select_labels(classes)
         local_data = (_nhwc(local.images), list(local.labels))  # what the device holds: in-memory arrays only
         step_names = {lab: names[lab] for lab in classes}

@@ -44,8 +44,26 @@ def test_bench_report_merges(tmp_path):
     assert sorted(doc["methods"]) == ["finetune", "lwf"]
 
 
+def test_bench_set_and_max_tasks(tmp_path):
+    out = tmp_path / "r.json"
+    res = cli("bench", "--dataset", "digits", "--tasks", "5", "--max-tasks", "2", "--method", "finetune", "--epochs", "1",
+              "--set", "later_tasks.lr=0.05", "--set", "seed=4", "--quiet", "--no-plot", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    r = doc["methods"]["finetune"]
+    assert len(r["accuracy"]["per_task"]) == 2  # stopped after 2 of the 5 tasks
+    assert r["config"]["later_tasks"]["lr"] == 0.05 and r["config"]["seed"] == 4
+    assert doc["benchmark"]["overrides"] == {"later_tasks.lr": "0.05", "seed": "4"}
+    assert doc["class_order"] == [7, 8, 1, 5, 3, 4, 2, 0, 9, 6]  # --seed, not the learner's seed, orders the classes
+    for bad, word in ((["--set", "later_tasks.lrr=1"], "lrr"), (["--set", "nonsense"], "KEY=VALUE"),
+                      (["--max-tasks", "6"], "--max-tasks")):
+        res = cli("bench", "--dataset", "digits", "--tasks", "5", "--method", "finetune", *bad, "--out", str(tmp_path / "x.json"))
+        assert res.returncode == 2 and "ConfigError" in res.stderr and word in res.stderr, res.stderr
+        assert not (tmp_path / "x.json").exists()
+
+
 def test_simulate_tiny(tmp_path):
-    res = cli("simulate", "--tasks", "2", "--epochs", "1", "--dream-iterations", "2", "--server-epochs", "1",
+    res = cli("simulate", "--tasks", "5", "--steps", "1", "--epochs", "1", "--dream-iterations", "2", "--server-epochs", "1",
               "--server-dream-iters", "2", "--compare-engine", "--quiet", "--out", str(tmp_path / "sim"))
     assert res.returncode == 0, res.stderr
     doc = json.loads((tmp_path / "sim" / "simulation.json").read_text())
