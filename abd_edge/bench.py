@@ -338,11 +338,14 @@ def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
     """Combine single-method result files of one protocol (e.g. run in parallel) into one document."""
     docs = [json.loads(p.read_text()) for p in paths]
     first = docs[0]
+
+    def protocol(bench: dict[str, Any]) -> dict[str, Any]:  # the settings that must agree for a merge
+        return {k: v for k, v in bench.items() if k not in ("method", "threads", "save_learner")}
+
     for p, d in zip(paths, docs):
         if d["class_order"] != first["class_order"] or d["tasks"] != first["tasks"]:
             raise ConfigError(f"{p} uses another class order or task split than {paths[0]}; cannot merge")
-        strip = lambda b: {k: v for k, v in b.items() if k not in ("method", "threads", "save_learner")}  # noqa: E731
-        if strip(d["benchmark"]) != strip(first["benchmark"]):
+        if protocol(d["benchmark"]) != protocol(first["benchmark"]):
             raise ConfigError(f"{p} was run with other settings ({d['benchmark']}) than {paths[0]} ({first['benchmark']})")
     methods = {name: r for d in docs for name, r in d["methods"].items()}
     doc = {

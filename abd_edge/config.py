@@ -9,6 +9,7 @@ our documented deviation for the few-epoch budgets a device update runs on
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -215,8 +216,6 @@ class LearnerConfig:
         the plain string; each is checked against the type of the setting it
         replaces, so a typo fails loudly instead of training the wrong thing.
         """
-        import json
-
         data = self.to_dict()
         for key, raw in overrides.items():
             parts = key.split(".")
@@ -235,7 +234,7 @@ class LearnerConfig:
                 value = json.loads(raw)
             except (json.JSONDecodeError, TypeError):
                 value = raw
-            if isinstance(old, bool) or isinstance(value, bool):
+            if isinstance(old, bool) or isinstance(value, bool):  # before int: bool is an int subclass
                 ok = isinstance(old, bool) == isinstance(value, bool) or old is None
             elif isinstance(old, int):
                 ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())

@@ -45,13 +45,13 @@ def main() -> None:
     train, test = load_benchmark_data("cifar10", a.data_root)
     tasks = split_tasks(class_order(10, 0), 5)
     learner = Learner.load(a.load) if a.load else Learner(learner_config(spec, a.method))
-    changes = {}
+    sets = {"dream.iterations": str(a.dream)}
     if a.lr is not None:
-        changes["later_tasks"] = type(learner.config.later_tasks)(**{**vars(learner.config.later_tasks), "lr": a.lr})
+        sets["later_tasks.lr"] = str(a.lr)
     if a.head_balance:
-        changes["head_balance"] = a.head_balance
-    changes["dream"] = type(learner.config.dream)(**{**vars(learner.config.dream), "iterations": a.dream})
-    learner.reconfigure(**changes)
+        sets["head_balance"] = a.head_balance
+    cfg = learner.config.with_overrides(sets)
+    learner.reconfigure(later_tasks=cfg.later_tasks, head_balance=cfg.head_balance, dream=cfg.dream)
     lines = []
     for _ in range(a.tasks):
         t = learner.tasks_learned
