@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -52,7 +53,17 @@ try:  # POSIX only; the device runtime targets Linux, but importing must not fai
 except ImportError:  # pragma: no cover - exercised only on Windows
     fcntl = None  # type: ignore[assignment]
 
-from .bundle_format import MANIFEST, fault_point, fsync_path, fsync_tree, read_json, read_manifest, write_manifest
+from .bundle_format import (
+    MANIFEST,
+    MANIFEST_DIGEST,
+    fault_point,
+    fsync_path,
+    fsync_tree,
+    publish_modes,
+    read_json,
+    read_manifest,
+    write_manifest,
+)
 from .errors import BundleError, BundleIntegrityError, BundleLockedError, BundleMissingFileError, ConfigError
 
 __all__ = ["BundleStore", "StagedVersion", "KIND", "format_version_name", "parse_version_name"]
@@ -104,7 +115,7 @@ class StagedVersion:
             files = [
                 p.relative_to(self.path).as_posix()
                 for p in self.path.rglob("*")
-                if p.is_file() and p.relative_to(self.path).as_posix() != MANIFEST
+                if p.is_file() and p.relative_to(self.path).as_posix() not in (MANIFEST, MANIFEST_DIGEST)
             ]
         fields.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return write_manifest(
@@ -143,6 +154,12 @@ class BundleStore:
     def current_version(self) -> str | None:
         """The version CURRENT names; None when absent; BundleError when it is garbled."""
         return _read_pointer(self.root / CURRENT)
+
+    def _check_not_symlink(self, path: Path) -> None:
+        if path.is_symlink():
+            raise BundleIntegrityError(
+                f"{path} is a symlink (to {os.readlink(path)!r}); a bundle holds only plain files and directories"
+            )
 
     def version_dir(self, version: str) -> Path:
         """The directory of ``version``; the name is validated so it cannot point outside the store."""
@@ -224,6 +241,9 @@ class BundleStore:
 
     def _verified_manifest(self, version: str, *, via_current: bool) -> dict[str, Any]:
         d = self.version_dir(version)
+        self._check_not_symlink(self.root / CURRENT)
+        self._check_not_symlink(self.versions_root)
+        self._check_not_symlink(d)
         if not d.is_dir():
             if via_current:
                 raise BundleMissingFileError(f"{self.root / CURRENT} names version {version}, but {d} is missing")
@@ -232,7 +252,8 @@ class BundleStore:
             )
         if not via_current and version not in self.versions():
             raise BundleError(f"{d} was never committed (left by an interrupted update, or being committed now)")
-        manifest = read_manifest(d, kind=KIND)
+        # strict: a version holds only files its manifest lists (the store refuses others at commit)
+        manifest = read_manifest(d, kind=KIND, strict=True)
         if manifest.get("version") != version:
             raise BundleIntegrityError(
                 f"{d / MANIFEST} says version {manifest.get('version')!r}, but it is stored as {version}"
@@ -261,7 +282,7 @@ class BundleStore:
             raise BundleError(f"cannot lock {self.root / LOCK}: fcntl.flock is not available on this platform")
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(path)
         try:
             deadline = time.monotonic() + self.lock_timeout_s
             while True:
@@ -381,13 +402,14 @@ class BundleStore:
                 f"{path / MANIFEST} says parent_version {manifest.get('parent_version')!r}, "
                 f"expected {staged.parent_version!r} (pass parent_version=staged.parent_version to write_manifest)"
             )
-        listed = {PurePosixPath(name).as_posix() for name in manifest["files"]} | {MANIFEST}
+        listed = {PurePosixPath(name).as_posix() for name in manifest["files"]} | {MANIFEST, MANIFEST_DIGEST}
         for p in sorted(path.rglob("*")):
             rel = p.relative_to(path).as_posix()
             if p.is_symlink() or not (p.is_file() or p.is_dir()):
                 raise BundleError(f"{p} is not a regular file or directory; a bundle version holds only plain files")
             if p.is_file() and rel not in listed:
                 raise BundleError(f"{p} is not listed in {path / MANIFEST}; a version may hold only files its manifest lists")
+        publish_modes(path)  # 0755 directories, 0644 files (mkdtemp made the staging directory 0700)
         fsync_tree(path)
         final = self.version_dir(staged.version)
         if final.exists():
@@ -457,6 +479,8 @@ class BundleStore:
 
 def _read_pointer(path: Path) -> str | None:
     """The version named by a one-line pointer file; None when absent; BundleError when garbled."""
+    if path.is_symlink():
+        raise BundleIntegrityError(f"{path} is a symlink; a bundle holds only plain files and directories")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -484,7 +508,12 @@ def _read_pointer_lenient(path: Path) -> str | None:
 def _write_pointer(path: Path, version: str) -> None:
     """Replace a pointer file atomically and durably: tmp, fsync, rename, fsync the directory."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="ascii") as f:
+    try:
+        tmp.unlink()  # never write through whatever sits there (a planted symlink)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(version + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -498,6 +527,36 @@ def _remove_file_durably(path: Path) -> None:
     except FileNotFoundError:
         return
     fsync_path(path.parent)
+
+
+#: A lock file holds one pid; anything larger is not ours and is never truncated.
+_LOCK_MAX_BYTES = 32
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (creating) the lock file without following a symlink, and only if it is ours to rewrite.
+
+    The holder's pid is written into the lock file, so a symlink or a hard
+    link planted at ``.lock`` would otherwise have its target truncated.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():
+            raise BundleIntegrityError(f"{path} is a symlink; refusing to use it as the bundle's lock file") from e
+        raise BundleError(f"cannot open the lock file {path}: {e}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > _LOCK_MAX_BYTES:
+            raise BundleIntegrityError(
+                f"{path} is not a lock file written by abd-edge (a {'hard-linked ' if st.st_nlink != 1 else ''}"
+                f"{'regular file' if stat.S_ISREG(st.st_mode) else 'special file'} of {st.st_size} bytes); "
+                "refusing to overwrite it: remove it if it is yours"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _read_pid(fd: int) -> int | None:

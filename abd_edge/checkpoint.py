@@ -16,7 +16,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .bundle_format import commit_dir, read_json, read_manifest, recover_dir, staging_dir, write_json, write_manifest
+from .bundle_format import (
+    check_save_target,
+    clean_staging,
+    commit_dir,
+    read_json,
+    read_manifest,
+    recover_dir,
+    staging_dir,
+    write_json,
+    write_manifest,
+)
 from .config import LearnerConfig
 from .engine import Normalizer
 from .errors import AbdEdgeError, BundleError, BundleIntegrityError
@@ -94,36 +104,56 @@ def save_learner(learner: "Learner", directory: Path) -> Path:
         # fresh Adam starts each call, so its state (2x the generator) need not be kept.
         opt_t, opt_scalars = optimizer_tensors(st.generator_opt, "generator_opt")
         tensors.update(opt_t)
-    staged = staging_dir(directory)
-    try:
+    check_save_target(directory, KIND)  # never delete or hide what this library did not write
+    clean_staging(directory, [WEIGHTS, STATE])
+    with staging_dir(directory) as staged:
         save_file(tensors, str(staged / WEIGHTS))
         write_json(staged / STATE, learner_state(learner, opt_scalars))
         write_manifest(staged, KIND, [WEIGHTS, STATE], abd_edge_version=__version__)
-        commit_dir(staged, directory)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+        commit_dir(staged, directory, KIND)
     return directory
+
+
+def _as_int(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TypeError(f"{what} is {value!r}, expected an int >= {minimum}")
+    return value
 
 
 def load_learner(directory: Path, *, device: str | None = None) -> "Learner":
     from .learner import Learner, LearnReport, _State
 
-    if recover_dir(directory):
+    if recover_dir(directory, KIND):
         log.warning("%s: restored the previous save after an interrupted save", directory)
-    read_manifest(directory, kind=KIND)  # checks version, presence and hashes of every file
+    for leftover in clean_staging(directory, [WEIGHTS, STATE]):
+        log.warning("%s: removed %s left by an interrupted save", directory, leftover.name)
+    # Checks the manifest's digest, version, that the files read below are listed, and their hashes.
+    read_manifest(directory, kind=KIND, required=[WEIGHTS, STATE])
     state = read_json(directory / STATE)
+    # Every field is parsed inside the try: a state edited by hand (and re-hashed) must fail with
+    # a BundleError naming the problem, never with a raw exception from deep inside.
     try:
+        if not isinstance(state, dict):
+            raise TypeError(f"state.json holds a {type(state).__name__}, expected an object")
         cfg = LearnerConfig.from_dict(state["config"])
         if device is not None:
             cfg = dataclasses.replace(cfg, device=device)
         learner = Learner(cfg)
         registry = ClassRegistry.from_dict(state["registry"])
-        c, h, w = state["input_shape"]
+        shape = state["input_shape"]
+        if not isinstance(shape, list) or len(shape) != 3:
+            raise TypeError(f"input_shape is {shape!r}, expected [C, H, W]")
+        c, h, w = (_as_int(v, "input_shape entry", 1) for v in shape)
+        capacity = _as_int(state["head_capacity"], "head_capacity", 1)
+        if capacity < len(registry):
+            raise ValueError(f"head_capacity {capacity} is smaller than the {len(registry)} classes of the registry")
+        tasks_learned = _as_int(state["tasks_learned"], "tasks_learned", 1)
+        history_raw = state.get("history", [])
+        if not isinstance(history_raw, list) or not all(isinstance(r, dict) for r in history_raw):
+            raise TypeError(f"history is {history_raw!r:.80}, expected a list of report objects")
+        history = [LearnReport.from_dict(r) for r in history_raw]
         tensors = load_file(str(directory / WEIGHTS))
-        model, gen = learner._new_models(c, h, int(state["head_capacity"]))
+        model, gen = learner._new_models(c, h, capacity)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         model.eval()
         gen_opt = None
@@ -138,13 +168,15 @@ def load_learner(directory: Path, *, device: str | None = None) -> "Learner":
                 )
                 gen_opt.load_state_dict(sd)
         normalizer = Normalizer(tensors["normalizer.mean"], tensors["normalizer.std"]).to(learner.device)
+        if normalizer.mean.numel() != c or normalizer.std.numel() != c:
+            raise ValueError(f"normalizer has {normalizer.mean.numel()} channels, input_shape says {c}")
     except AbdEdgeError as e:
         raise BundleError(f"{directory} holds an unusable learner state: {e}") from e
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as e:
         raise BundleIntegrityError(f"{directory} holds an inconsistent learner state: {type(e).__name__}: {e}") from e
     learner._state = _State(
         registry=registry, model=model, generator=gen, generator_opt=gen_opt, normalizer=normalizer,
-        input_shape=(c, h, w), tasks_learned=int(state["tasks_learned"]),
+        input_shape=(c, h, w), tasks_learned=tasks_learned,
     )
-    learner.history = [LearnReport.from_dict(r) for r in state.get("history", [])]
+    learner.history = history
     return learner

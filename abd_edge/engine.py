@@ -19,6 +19,7 @@ from torch import nn
 from .config import TrainConfig
 from .data.augment import BatchAugment, to_unit_float
 from .dreaming import AutocastSpec, ReplaySampler, _autocast
+from .errors import TrainingDivergedError
 from .methods.base import Method, StepOutputs, TaskContext
 from .models.resnet import CifarResNet
 from .progress import progress
@@ -158,7 +159,9 @@ def train_task(
                 break
         losses = {k: float(v) / max(1, steps_done) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in losses.values()):
-            raise FloatingPointError(f"training diverged at epoch {epoch}: losses {losses}")
+            raise TrainingDivergedError(
+                f"training diverged at epoch {epoch}: losses {losses}; nothing was changed (lower the learning rate)"
+            )
         seconds = time.perf_counter() - epoch_start
         result.epochs.append(EpochLog(epoch, lr, losses, seen, seconds))
         result.real_images += seen

@@ -60,3 +60,19 @@ class ExportError(AbdEdgeError):
 
 class PrivacyError(AbdEdgeError):
     """Differential-privacy settings are invalid or the budget is exhausted."""
+
+
+class TrainingDivergedError(AbdEdgeError, FloatingPointError):
+    """Training produced a non-finite loss; nothing was changed (the call trained copies)."""
+
+
+class UpdateRejectedError(AbdEdgeError):
+    """A device update failed its quality gate and was not committed; the bundle is as it was.
+
+    ``reasons`` lists each failed check; ``checks`` holds every measured value.
+    """
+
+    def __init__(self, message: str, reasons: list[str] | None = None, checks: dict | None = None) -> None:
+        super().__init__(message)
+        self.reasons = list(reasons or [])
+        self.checks = dict(checks or {})

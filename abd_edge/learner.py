@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,28 @@ def resolve_autocast(precision: str, device: torch.device) -> AutocastSpec | Non
         if not native:
             return None
     return AutocastSpec(device.type, torch.bfloat16, True)
+
+
+def _config_threads(method: Any) -> Any:
+    """Run a Learner method on ``config.num_threads`` torch threads (when set), restoring the caller's count after.
+
+    torch's thread count is process-wide, so it is set for the call only:
+    an application that asked for 1 thread must not find 2 busy cores.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: "Learner", *args: Any, **kwargs: Any) -> Any:
+        wanted = self.config.num_threads
+        before = torch.get_num_threads()
+        if wanted is None or wanted == before:
+            return method(self, *args, **kwargs)
+        torch.set_num_threads(wanted)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
 
 
 @dataclass
@@ -276,6 +299,7 @@ class Learner:
         model.last = new
 
     # ----------------------------------------------------------- the API
+    @_config_threads
     def learn_new_classes(
         self,
         dataset: Any,
@@ -443,6 +467,7 @@ class Learner:
         self._check_images(x, shape)
         return x
 
+    @_config_threads
     def logits(self, images: Any) -> torch.Tensor:
         """Logits over the seen classes (float32, CPU)."""
         x = self._as_images(images)
@@ -467,6 +492,7 @@ class Learner:
         pred = self.logits(data).argmax(dim=1)
         return float((pred == targets).float().mean())
 
+    @_config_threads
     @torch.no_grad()
     def dream(self, n: int, *, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` dreamed images (normalised input space, CPU) and the classes the model gives them."""

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -22,11 +22,13 @@ from abd_edge.bundle_format import CLASSIFIER_ONNX as CLASSIFIER
 from abd_edge.bundle_format import GENERATOR_ONNX as GENERATOR
 from abd_edge.bundle_format import LEARNER_DIR, fault_point
 from abd_edge.bundle_store import BundleStore
-from abd_edge.errors import BundleError, ConfigError, ImageSpecError, LabelError, NotFittedError
+from abd_edge.errors import BundleError, BundleIntegrityError, ConfigError, ImageSpecError, LabelError, NotFittedError
 from abd_edge.resources import PeakRSS
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from abd_edge.export.quality import QualityGate
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +67,117 @@ class RuntimePrediction:
     labels: list[int | str]
     names: list[str]
     probabilities: np.ndarray = field(repr=False)
+    version: str | None = None  # the bundle version that computed all of the above
+
+
+@dataclass(frozen=True)
+class _Served:
+    """Everything one bundle version serves with, built completely before it is published.
+
+    A version switch (rollback, update, refresh) replaces the one reference
+    to this object; a predict call reads that reference once, so its
+    session, classes and input spec always come from the same version,
+    whatever another thread switches meanwhile.
+    """
+
+    version: str
+    manifest: dict[str, Any]
+    session: ort.InferenceSession
+    labels: tuple[int | str, ...]
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]  # (H, W, C)
+    input_name: str
+
+
+def _served_version(store: BundleStore, version: str, manifest: dict[str, Any], *, int8: bool, threads: int | None) -> _Served:
+    """Open ``version``'s classifier and check that the manifest describes it; BundleError otherwise.
+
+    The manifest's digest and every file's hash are already verified. What
+    is checked here is that the manifest agrees with the ONNX graph (a class
+    table one entry short, or an input shape that is not the model's, would
+    otherwise open fine and fail in predict), by static shapes and one probe
+    run on a blank image.
+    """
+    where = f"bundle version {version} ({store.version_dir(version)})"
+    try:
+        classes = manifest["classes"]
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, dict) for c in classes):
+            raise TypeError("classes must be a non-empty list of objects")
+        classes = sorted(classes, key=lambda c: c["index"])
+        if [c["index"] for c in classes] != list(range(len(classes))):
+            raise ValueError(f"class indices are {[c['index'] for c in classes]}, expected 0..{len(classes) - 1}")
+        labels = tuple(c["label"] for c in classes)
+        names = tuple(c["name"] for c in classes)
+        if not all(isinstance(lab, (int, str)) and not isinstance(lab, bool) for lab in labels) or len(set(labels)) != len(labels):
+            raise ValueError(f"class labels {list(labels)[:10]} must be distinct ints or strings")
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError("class names must be strings")
+        spec = manifest["input"]
+        raw_shape = spec["shape"]
+        if not isinstance(raw_shape, list) or len(raw_shape) != 4 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in raw_shape[1:]
+        ):
+            raise ValueError(f"input shape is {raw_shape!r}, expected [null, H, W, C] with positive ints")
+        shape = (raw_shape[1], raw_shape[2], raw_shape[3])
+        if spec.get("dtype", "uint8") != "uint8":
+            raise ValueError(f"input dtype is {spec.get('dtype')!r}; this runtime feeds uint8")
+        input_name = spec.get("name", "images")
+        if not isinstance(input_name, str):
+            raise TypeError(f"input name is {input_name!r}")
+        files = manifest["files"]
+        if GENERATOR in files:
+            gen = manifest["generator"]
+            norm = manifest["normalization"]
+            zdim = gen["zdim"]
+            if isinstance(zdim, bool) or not isinstance(zdim, int) or zdim < 1:
+                raise ValueError(f"generator zdim is {zdim!r}")
+            for key in ("mean", "std"):
+                vals = norm[key]
+                if not isinstance(vals, list) or len(vals) != shape[2] or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals
+                ):
+                    raise ValueError(f"normalization {key} is {vals!r}, expected {shape[2]} numbers")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleIntegrityError(f"the manifest of {where} has an unusable classes/input table: {type(e).__name__}: {e}") from None
+    name = CLASSIFIER_INT8 if int8 else CLASSIFIER
+    if name not in files:
+        raise BundleError(f"{where} has no {name}" + (" (export with quantize='int8')" if int8 else ""))
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(store.version_dir(version) / name), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own non-public exception classes
+        raise BundleError(f"ONNX Runtime cannot load {name} of {where}: {type(e).__name__}: {e}") from None
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if input_name not in inputs or not {"logits", "probabilities"} <= set(outputs):
+        raise BundleIntegrityError(
+            f"{name} of {where} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+            f"the manifest expects input {input_name!r} and outputs logits, probabilities"
+        )
+    declared = list(inputs[input_name].shape)[1:]
+    if len(declared) != 3 or any(isinstance(d, int) and d != s for d, s in zip(declared, shape)):
+        raise BundleIntegrityError(
+            f"the manifest of {where} says input shape (N, {shape[0]}, {shape[1]}, {shape[2]}), "
+            f"but {name} takes {inputs[input_name].shape}"
+        )
+    for out in ("logits", "probabilities"):
+        width = list(outputs[out].shape)[-1]
+        if isinstance(width, int) and width != len(labels):
+            raise BundleIntegrityError(
+                f"the manifest of {where} lists {len(labels)} classes, but {name} outputs {width} {out}"
+            )
+    try:
+        probe = session.run(["logits"], {input_name: np.zeros((1, *shape), np.uint8)})[0]
+    except Exception as e:
+        raise BundleIntegrityError(f"{name} of {where} does not run on the manifest's input spec: {e}") from None
+    if probe.shape != (1, len(labels)):
+        raise BundleIntegrityError(
+            f"the manifest of {where} lists {len(labels)} classes, but {name} outputs logits shaped {probe.shape}"
+        )
+    return _Served(version, manifest, session, labels, names, shape, input_name)
 
 
 @dataclass
@@ -86,6 +199,7 @@ class UpdateReport:
     bundle_mb: float
     privacy: dict[str, Any] | None = None
     learn: dict[str, Any] = field(default_factory=dict, repr=False)
+    quality: dict[str, Any] = field(default_factory=dict)  # the quality gate's measurements
 
 
 class DeviceLearner:
@@ -100,40 +214,24 @@ class DeviceLearner:
         threads: int | None = None,
         int8: bool = False,
         budget: DeviceBudget | None = None,
+        quality: "QualityGate | None" = None,
     ) -> None:
         self.store = BundleStore(path, keep_versions=keep_versions, lock_timeout_s=lock_timeout_s)
         self.threads = threads
         self.int8 = int8
         self.budget = budget or DeviceBudget()
         self.budget.validate()
+        if quality is not None:
+            quality.validate()
+        self.quality = quality  # None: QualityGate() defaults, built when an update needs it (it imports torch)
         if not self.store.exists():
             raise BundleError(f"{path} holds no bundle (no CURRENT pointer); export one with abd_edge.export.export_bundle")
         self._load(*self.store.read())
 
     # -------------------------------------------------------------- loading
     def _load(self, version: str, manifest: dict[str, Any]) -> None:
-        try:
-            classes = sorted(manifest["classes"], key=lambda c: c["index"])
-            spec = manifest["input"]
-            shape = tuple(int(s) for s in spec["shape"][1:])
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"manifest of version {version} lacks a usable classes/input table: {e}") from None
-        name = CLASSIFIER_INT8 if self.int8 else CLASSIFIER
-        if name not in manifest["files"]:
-            raise BundleError(f"version {version} has no {name}" + (" (export with quantize='int8')" if self.int8 else ""))
-        opts = ort.SessionOptions()
-        if self.threads is not None:
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(self.store.version_dir(version) / name), opts, providers=["CPUExecutionProvider"])
-        # Swap in everything at once, only after the new session exists.
-        self._session = session
-        self.version = version
-        self.manifest = manifest
-        self.labels: list[int | str] = [c["label"] for c in classes]
-        self.class_names: list[str] = [c["name"] for c in classes]
-        self.input_shape: tuple[int, ...] = shape  # (H, W, C)
-        self._input_name = spec.get("name", "images")
+        # Build the new version completely, then publish it with one reference assignment.
+        self._served = _served_version(self.store, version, manifest, int8=self.int8, threads=self.threads)
 
     def refresh(self) -> bool:
         """Re-open the current version if another process changed it; True if it changed."""
@@ -143,52 +241,82 @@ class DeviceLearner:
         return True
 
     @property
+    def version(self) -> str:
+        return self._served.version
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._served.manifest
+
+    @property
+    def labels(self) -> list[int | str]:
+        return list(self._served.labels)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._served.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the served version."""
+        return self._served.input_shape
+
+    @property
     def version_dir(self) -> Path:
         return self.store.version_dir(self.version)
 
     @property
     def num_classes(self) -> int:
-        return len(self.labels)
+        return len(self._served.labels)
 
     # ------------------------------------------------------------ inference
-    def input_spec(self) -> str:
-        h, w, c = self.input_shape
+    def input_spec(self, served: _Served | None = None) -> str:
+        h, w, c = (served or self._served).input_shape
         return f"uint8 images shaped (N, {h}, {w}, {c}) (NHWC, pixel values 0..255)"
 
-    def _check(self, images: Any) -> np.ndarray:
+    def _check(self, images: Any, served: _Served) -> np.ndarray:
         x = np.asarray(images)
         if x.dtype != np.uint8:
-            raise ImageSpecError(f"images have dtype {x.dtype}; this bundle expects {self.input_spec()}")
-        if x.shape == self.input_shape:
+            raise ImageSpecError(f"images have dtype {x.dtype}; this bundle expects {self.input_spec(served)}")
+        if x.shape == served.input_shape:
             x = x[None]
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ImageSpecError(f"images have shape {x.shape}; this bundle expects {self.input_spec()}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != served.input_shape:
+            raise ImageSpecError(f"images have shape {x.shape}; this bundle expects {self.input_spec(served)}")
         if x.shape[0] == 0:
-            raise ImageSpecError(f"no images given; this bundle expects {self.input_spec()}")
+            raise ImageSpecError(f"no images given; this bundle expects {self.input_spec(served)}")
         return np.ascontiguousarray(x)
 
-    def logits(self, images: Any, *, batch_size: int = 256) -> np.ndarray:
-        x = self._check(images)
-        outs = [self._session.run(["logits"], {self._input_name: x[s : s + batch_size]})[0] for s in range(0, len(x), batch_size)]
+    @staticmethod
+    def _run(served: _Served, output: str, x: np.ndarray, batch_size: int) -> np.ndarray:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        outs = [served.session.run([output], {served.input_name: x[s : s + batch_size]})[0] for s in range(0, len(x), batch_size)]
         return np.concatenate(outs)
+
+    def logits(self, images: Any, *, batch_size: int = 256) -> np.ndarray:
+        served = self._served
+        return self._run(served, "logits", self._check(images, served), batch_size)
 
     def predict_proba(self, images: Any, *, batch_size: int = 256) -> np.ndarray:
-        x = self._check(images)
-        outs = [self._session.run(["probabilities"], {self._input_name: x[s : s + batch_size]})[0] for s in range(0, len(x), batch_size)]
-        return np.concatenate(outs)
+        served = self._served
+        return self._run(served, "probabilities", self._check(images, served), batch_size)
 
     def predict(self, images: Any) -> RuntimePrediction:
-        probs = self.predict_proba(images)
+        served = self._served  # one version from start to end, whatever another thread switches
+        probs = self._run(served, "probabilities", self._check(images, served), 256)
         idx = probs.argmax(axis=1)
-        return RuntimePrediction(idx, [self.labels[i] for i in idx], [self.class_names[i] for i in idx], probs)
+        return RuntimePrediction(
+            idx, [served.labels[i] for i in idx], [served.class_names[i] for i in idx], probs, served.version
+        )
 
     def evaluate(self, images: Any, labels: Sequence[Hashable]) -> float:
         """Top-1 accuracy over all classes of this version; every label must be one it knows."""
-        index = {lab: i for i, lab in enumerate(self.labels)}
+        served = self._served
+        index = {lab: i for i, lab in enumerate(served.labels)}
         unknown = sorted({str(lab) for lab in labels if lab not in index})
         if unknown:
-            raise LabelError(f"labels {unknown} are not classes of bundle version {self.version}; it knows {self.labels}")
-        pred = self.predict_proba(images).argmax(axis=1)
+            raise LabelError(f"labels {unknown} are not classes of bundle version {served.version}; it knows {list(served.labels)}")
+        pred = self._run(served, "probabilities", self._check(images, served), 256).argmax(axis=1)
         if len(pred) != len(labels):
             raise LabelError(f"{len(pred)} images but {len(labels)} labels")
         return float(np.mean(pred == np.array([index[lab] for lab in labels])))
@@ -202,6 +330,7 @@ class DeviceLearner:
         budget: DeviceBudget | None = None,
         method: str | None = None,
         quantize: str | None = None,
+        quality: "QualityGate | None" = None,
         show_progress: bool = False,
     ) -> UpdateReport:
         """Learn new classes on the device with dreamed replay; commit a new bundle version atomically.
@@ -213,14 +342,25 @@ class DeviceLearner:
         fails with BundleLockedError, and nothing is corrupted.
         ``method`` overrides the bundle's method (e.g. "finetune" for a
         device that updates without replay).
+
+        Before anything is written, the updated model must pass ``quality``
+        (default: the gate given to :func:`open`, else ``QualityGate()``):
+        finite outputs of a sane scale, accuracy on the new data above a
+        floor, old classes not collapsed on dreamed images. A refused update
+        raises UpdateRejectedError saying why and leaves the bundle as it was.
         """
         import torch  # the only place the runtime needs torch
 
+        from abd_edge.data.adapters import as_labeled_images
         from abd_edge.export.bundle import export_bundle
+        from abd_edge.export.quality import QualityGate, check_update, dream_old_classes
         from abd_edge.learner import Learner
 
         b = budget or self.budget
         b.validate()
+        gate = quality or self.quality or QualityGate()
+        gate.validate()
+        data = as_labeled_images(local_dataset)  # converted once: trained on, then a sample checks the result
         start = time.perf_counter()
         with PeakRSS() as peak, self.store.lock():
             version, manifest = self.store.read()  # the current version under the lock (another device may have moved it)
@@ -233,7 +373,16 @@ class DeviceLearner:
             if b.threads is not None:
                 torch.set_num_threads(b.threads)
             try:
-                rep = learner.learn_new_classes(local_dataset, class_names, time_budget_s=b.time_budget_s, show_progress=show_progress)
+                n_old = learner.num_classes
+                replays = learner.method.uses_replay
+                old_dreamed = dream_old_classes(learner, gate, seed=learner.tasks_learned) if replays else None
+                rep = learner.learn_new_classes(data, class_names, time_budget_s=b.time_budget_s, show_progress=show_progress)
+                quality_checks = check_update(
+                    learner, new_images=data.images, train_accuracy=rep.train_accuracy, n_old=n_old,
+                    old_dreamed=old_dreamed, gate=gate,
+                )
+                if not replays:
+                    quality_checks["old_class_share"] = f"not checked: method {learner.config.method!r} does not replay"
             finally:
                 torch.set_num_threads(threads_before)
             fault_point("update_trained")
@@ -248,6 +397,7 @@ class DeviceLearner:
                 "seconds_dream": rep.dream_seconds,
                 "stopped_early": rep.stopped_early,
                 "privacy_spent": rep.privacy,
+                "quality": quality_checks,
             }
             info = export_bundle(learner, self.store, summary=summary, quantize=quantize)
             seconds_export = time.perf_counter() - t_export
@@ -269,6 +419,7 @@ class DeviceLearner:
             bundle_mb=info["bytes"] / 2**20,
             privacy=rep.privacy,
             learn=rep.to_dict(),
+            quality=quality_checks,
         )
 
     def rollback(self, to: str | None = None) -> str:
@@ -283,14 +434,27 @@ class DeviceLearner:
 
     def dream(self, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``n`` dreamed images (normalised space) from generator.onnx, with the classifier's labels for them."""
-        if GENERATOR not in self.manifest["files"]:
-            raise NotFittedError(f"bundle version {self.version} has no generator (its method trains none)")
-        gen = ort.InferenceSession(str(self.version_dir / GENERATOR), providers=["CPUExecutionProvider"])
-        zdim = int(self.manifest["generator"]["zdim"])
-        z = np.random.default_rng(seed).standard_normal((n, zdim)).astype(np.float32)
-        images = gen.run(["images"], {"z": z})[0]
-        pixels = to_pixels(images, self.manifest["normalization"]["mean"], self.manifest["normalization"]["std"])
-        return pixels, self.predict_proba(pixels).argmax(axis=1)
+        served = self._served
+        manifest = served.manifest
+        if GENERATOR not in manifest["files"]:
+            raise NotFittedError(f"bundle version {served.version} has no generator (its method trains none)")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n must be an int >= 1, got {n!r}")
+        try:
+            gen = ort.InferenceSession(str(self.store.version_dir(served.version) / GENERATOR), providers=["CPUExecutionProvider"])
+            zdim = int(manifest["generator"]["zdim"])
+            z = np.random.default_rng(seed).standard_normal((n, zdim)).astype(np.float32)
+            images = gen.run(["images"], {"z": z})[0]
+        except Exception as e:  # onnxruntime's own exception classes
+            raise BundleIntegrityError(f"{GENERATOR} of bundle version {served.version} does not run as its manifest says: {e}") from None
+        h, w, c = served.input_shape
+        if images.shape != (n, c, h, w):
+            raise BundleIntegrityError(
+                f"{GENERATOR} of bundle version {served.version} makes images shaped {images.shape}, expected {(n, c, h, w)}"
+            )
+        pixels = to_pixels(images, manifest["normalization"]["mean"], manifest["normalization"]["std"])
+        probs = self._run(served, "probabilities", pixels, 256)
+        return pixels, probs.argmax(axis=1)
 
 
 def to_pixels(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
