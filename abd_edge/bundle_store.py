@@ -350,6 +350,13 @@ class BundleStore:
     def rollback(self, to: str | None = None) -> str:
         """Make ``to`` (default: the current version's parent) current again; returns it.
 
+        See :meth:`switch`, which also returns the verified manifest.
+        """
+        return self.switch(to)[0]
+
+    def switch(self, to: str | None = None) -> tuple[str, dict[str, Any]]:
+        """Make ``to`` (default: the current version's parent) current again; ``(version, manifest)``.
+
         The target must be kept and verify completely. The version rolled back
         from is kept (until pruned), so rolling forward is another rollback.
         Works even when CURRENT is garbled or names a missing version, as long
@@ -377,10 +384,10 @@ class BundleStore:
                     f"cannot roll back {self.root} to {to}: {self.version_dir(to)} is not kept "
                     f"(keep_versions={self.keep_versions}); kept versions: {self.versions()}"
                 )
-            self._verified_manifest(to, via_current=False)
+            manifest = self._verified_manifest(to, via_current=False)
             if _read_pointer_lenient(self.root / CURRENT) != to:
                 _write_pointer(self.root / CURRENT, to)
-            return to
+            return to, manifest
 
     def _version_dirs(self) -> list[str]:
         """Every committed-looking version directory, pending ones included."""
@@ -391,7 +398,8 @@ class BundleStore:
 
     def _commit(self, staged: StagedVersion) -> None:
         path = staged.path
-        manifest = read_manifest(path, kind=KIND)
+        # The caller hashed these files while writing the manifest a moment ago: check structure and sizes.
+        manifest = read_manifest(path, kind=KIND, hashes=False)
         if manifest.get("version") != staged.version:
             raise BundleError(
                 f"{path / MANIFEST} says version {manifest.get('version')!r}, expected {staged.version!r} "

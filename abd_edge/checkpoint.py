@@ -120,7 +120,8 @@ def _as_int(value: Any, what: str, minimum: int) -> int:
     return value
 
 
-def load_learner(directory: Path, *, device: str | None = None) -> "Learner":
+def load_learner(directory: Path, *, device: str | None = None, hashes: bool = True) -> "Learner":
+    """Load a saved learner; ``hashes=False`` only for files the caller has just verified (a bundle version)."""
     from .learner import Learner, LearnReport, _State
 
     if recover_dir(directory, KIND):
@@ -128,7 +129,7 @@ def load_learner(directory: Path, *, device: str | None = None) -> "Learner":
     for leftover in clean_staging(directory, [WEIGHTS, STATE]):
         log.warning("%s: removed %s left by an interrupted save", directory, leftover.name)
     # Checks the manifest's digest, version, that the files read below are listed, and their hashes.
-    read_manifest(directory, kind=KIND, required=[WEIGHTS, STATE])
+    read_manifest(directory, kind=KIND, required=[WEIGHTS, STATE], hashes=hashes)
     state = read_json(directory / STATE)
     # Every field is parsed inside the try: a state edited by hand (and re-hashed) must fail with
     # a BundleError naming the problem, never with a raw exception from deep inside.

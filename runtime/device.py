@@ -354,7 +354,7 @@ class DeviceLearner:
         from abd_edge.data.adapters import as_labeled_images
         from abd_edge.export.bundle import export_bundle
         from abd_edge.export.quality import QualityGate, check_update, dream_old_classes
-        from abd_edge.learner import Learner
+        from abd_edge.checkpoint import load_learner
 
         b = budget or self.budget
         b.validate()
@@ -364,7 +364,8 @@ class DeviceLearner:
         start = time.perf_counter()
         with PeakRSS() as peak, self.store.lock():
             version, manifest = self.store.read()  # the current version under the lock (another device may have moved it)
-            learner = Learner.load(self.store.version_dir(version) / LEARNER_DIR, device="cpu")
+            # store.read() has just hashed every file of this immutable version, learner/ included.
+            learner = load_learner(self.store.version_dir(version) / LEARNER_DIR, device="cpu", hashes=False)
             cfg = learner.config
             later = dataclasses.replace(cfg.later_tasks, epochs=b.epochs, batch_size=b.batch_size or cfg.later_tasks.batch_size)
             dream = dataclasses.replace(cfg.dream, iterations=b.dream_iterations)
@@ -402,7 +403,7 @@ class DeviceLearner:
             info = export_bundle(learner, self.store, summary=summary, quantize=quantize)
             seconds_export = time.perf_counter() - t_export
             del learner
-        self._load(*self.store.read(info["version"]))
+        self._load(info["version"], info["manifest"])  # verified by the commit, not hashed a third time
         return UpdateReport(
             version=self.version,
             parent_version=version,
@@ -424,8 +425,8 @@ class DeviceLearner:
 
     def rollback(self, to: str | None = None) -> str:
         """Make the parent version (or ``to``) current again and serve it."""
-        version = self.store.rollback(to)
-        self._load(*self.store.read(version))
+        version, manifest = self.store.switch(to)  # verified once, under the lock
+        self._load(version, manifest)
         return version
 
     def history(self) -> list[dict[str, Any]]:

@@ -23,8 +23,8 @@ import torch
 from abd_edge import Learner, runtime
 from abd_edge.bundle_format import MANIFEST, MANIFEST_DIGEST, file_entries, manifest_digest
 from abd_edge.errors import AbdEdgeError, BundleError, BundleIntegrityError, TrainingDivergedError
-from abd_edge.export import export_bundle
 from conftest import make_task, tiny_config
+from reliability_fixtures import two_version_bundle
 
 
 def rehash(directory: Path, edit=None) -> None:
@@ -39,25 +39,10 @@ def rehash(directory: Path, edit=None) -> None:
     (directory / MANIFEST_DIGEST).write_text(manifest_digest(manifest) + "\n")
 
 
-@pytest.fixture(scope="module")
-def two_versions(tmp_path_factory):
-    """A bundle whose v000001 knows classes 0, 1 and whose v000002 knows 0, 1, 5, 6 (current).
-
-    finetune trains no generator, which halves the (slow) ONNX exports.
-    """
-    root = tmp_path_factory.mktemp("rel") / "bundle"
-    learner = Learner(tiny_config("finetune"))
-    learner.learn_new_classes(make_task([0, 1]), class_names={0: "zero", 1: "one"}, show_progress=False)
-    export_bundle(learner, root)
-    learner.learn_new_classes(make_task([5, 6], seed=3), class_names={5: "five", 6: "six"}, show_progress=False)
-    export_bundle(learner, root)
-    return root
-
-
 @pytest.fixture
-def bundle(two_versions, tmp_path):
+def bundle(tmp_path):
     path = tmp_path / "bundle"
-    shutil.copytree(two_versions, path, symlinks=True)
+    shutil.copytree(two_version_bundle(), path, symlinks=True)
     return path
 
 
