@@ -351,10 +351,10 @@ class DeviceLearner:
         """
         import torch  # the only place the runtime needs torch
 
+        from abd_edge.checkpoint import load_learner
         from abd_edge.data.adapters import as_labeled_images
         from abd_edge.export.bundle import export_bundle
         from abd_edge.export.quality import QualityGate, check_update, dream_old_classes
-        from abd_edge.checkpoint import load_learner
 
         b = budget or self.budget
         b.validate()
