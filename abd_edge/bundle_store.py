@@ -53,6 +53,7 @@ except ImportError:  # pragma: no cover - exercised only on Windows
     fcntl = None  # type: ignore[assignment]
 
 from .bundle_format import MANIFEST, fault_point, fsync_path, fsync_tree, read_json, read_manifest, write_manifest
+from .signing import SIGNATURE  # signs the manifest, so the manifest cannot list it
 from .errors import BundleError, BundleIntegrityError, BundleLockedError, BundleMissingFileError, ConfigError
 
 __all__ = ["BundleStore", "StagedVersion", "KIND", "format_version_name", "parse_version_name"]
@@ -381,7 +382,7 @@ class BundleStore:
                 f"{path / MANIFEST} says parent_version {manifest.get('parent_version')!r}, "
                 f"expected {staged.parent_version!r} (pass parent_version=staged.parent_version to write_manifest)"
             )
-        listed = {PurePosixPath(name).as_posix() for name in manifest["files"]} | {MANIFEST}
+        listed = {PurePosixPath(name).as_posix() for name in manifest["files"]} | {MANIFEST, SIGNATURE}
         for p in sorted(path.rglob("*")):
             rel = p.relative_to(path).as_posix()
             if p.is_symlink() or not (p.is_file() or p.is_dir()):

@@ -60,3 +60,11 @@ class ExportError(AbdEdgeError):
 
 class PrivacyError(AbdEdgeError):
     """Differential-privacy settings are invalid or the budget is exhausted."""
+
+
+class MissingDependencyError(AbdEdgeError, ImportError):
+    """A feature needs a package of an optional extra that is not installed (the message names the extra)."""
+
+
+class BundleSignatureError(BundleError):
+    """A bundle version is unsigned, signed by an untrusted key, or its signature does not match."""

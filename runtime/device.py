@@ -23,7 +23,10 @@ from abd_edge.bundle_format import GENERATOR_ONNX as GENERATOR
 from abd_edge.bundle_format import LEARNER_DIR, fault_point
 from abd_edge.bundle_store import BundleStore
 from abd_edge.errors import BundleError, ConfigError, ImageSpecError, LabelError, NotFittedError
+from abd_edge.extras import require
+from abd_edge.onnx_compat import check_onnxruntime, open_session
 from abd_edge.resources import PeakRSS
+from abd_edge.signing import verify_version
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,13 @@ class DeviceLearner:
         threads: int | None = None,
         int8: bool = False,
         budget: DeviceBudget | None = None,
+        trusted_keys: Sequence[Any] | None = None,
+        signing_key: Any = None,
     ) -> None:
+        # Signatures (abd_edge.signing): with trusted_keys, every version served must be signed by one of
+        # them; signing_key signs the versions this device makes itself (and is trusted for them).
+        self.signing_key = signing_key
+        self.trusted_keys = None if trusted_keys is None else [*trusted_keys, *([signing_key] if signing_key is not None else [])]
         self.store = BundleStore(path, keep_versions=keep_versions, lock_timeout_s=lock_timeout_s)
         self.threads = threads
         self.int8 = int8
@@ -121,11 +130,14 @@ class DeviceLearner:
         name = CLASSIFIER_INT8 if self.int8 else CLASSIFIER
         if name not in manifest["files"]:
             raise BundleError(f"version {version} has no {name}" + (" (export with quantize='int8')" if self.int8 else ""))
+        if self.trusted_keys is not None:
+            verify_version(self.store.version_dir(version), manifest, self.trusted_keys)
+        check_onnxruntime(manifest.get("min_onnxruntime"), f"bundle version {version}")
         opts = ort.SessionOptions()
         if self.threads is not None:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(self.store.version_dir(version) / name), opts, providers=["CPUExecutionProvider"])
+        session = open_session(self.store.version_dir(version) / name, opts, what=f"{name} of bundle version {version}")
         # Swap in everything at once, only after the new session exists.
         self._session = session
         self.version = version
@@ -214,6 +226,9 @@ class DeviceLearner:
         ``method`` overrides the bundle's method (e.g. "finetune" for a
         device that updates without replay).
         """
+        require("torch", "onnx", "onnxscript", "safetensors", feature="a device update (learn_new_classes)")
+        if self.trusted_keys is not None and self.signing_key is None:
+            raise ConfigError("this device requires signed versions (trusted_keys) but has no signing_key to sign its update with")
         import torch  # the only place the runtime needs torch
 
         from abd_edge.export.bundle import export_bundle
@@ -249,7 +264,7 @@ class DeviceLearner:
                 "stopped_early": rep.stopped_early,
                 "privacy_spent": rep.privacy,
             }
-            info = export_bundle(learner, self.store, summary=summary, quantize=quantize)
+            info = export_bundle(learner, self.store, summary=summary, quantize=quantize, sign_key=self.signing_key)
             seconds_export = time.perf_counter() - t_export
             del learner
         self._load(*self.store.read(info["version"]))
@@ -285,7 +300,7 @@ class DeviceLearner:
         """``n`` dreamed images (normalised space) from generator.onnx, with the classifier's labels for them."""
         if GENERATOR not in self.manifest["files"]:
             raise NotFittedError(f"bundle version {self.version} has no generator (its method trains none)")
-        gen = ort.InferenceSession(str(self.version_dir / GENERATOR), providers=["CPUExecutionProvider"])
+        gen = open_session(self.version_dir / GENERATOR, what=f"{GENERATOR} of bundle version {self.version}")
         zdim = int(self.manifest["generator"]["zdim"])
         z = np.random.default_rng(seed).standard_normal((n, zdim)).astype(np.float32)
         images = gen.run(["images"], {"z": z})[0]
