@@ -183,7 +183,7 @@ def _export(args: argparse.Namespace) -> int:
         load_private_key(args.sign_key)  # a bad key fails before minutes of export
     learner = Learner.load(args.learner, device="cpu")
     info = export_bundle(learner, args.bundle, quantize=args.quantize, keep_versions=args.keep_versions,
-                         sign_key=args.sign_key)
+                         sign_key=args.sign_key, serve_only=args.serve_only)
     summary = {k: info[k] for k in ("version", "parent_version", "path", "bytes", "files", "parity", "quantization", "seconds")}
     summary["signed"] = bool(args.sign_key)
     summary["min_onnxruntime"] = info["manifest"].get("min_onnxruntime")
@@ -247,6 +247,7 @@ _EXAMPLES = {
   abd-edge learn data/task2 --learner runs/learner --dream-iterations 200 --eval data/test""",
     "export": """examples:
   abd-edge export runs/learner runs/bundle
+  abd-edge export runs/learner runs/serving --serve-only --quantize int8
   abd-edge keygen keys/server && abd-edge export runs/learner runs/bundle --quantize int8 --sign-key keys/server""",
     "simulate": """examples:
   abd-edge simulate
@@ -330,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quantize", choices=["int8"], help="also write an int8 classifier calibrated on dreamed images")
     e.add_argument("--keep-versions", type=positive_int, default=3, help="versions kept for rollback")
     e.add_argument("--sign-key", help="sign the version with this ed25519 private key (from abd-edge keygen)")
+    e.add_argument("--serve-only", action="store_true",
+                   help="prediction only: classifier (+ int8) and manifest, no generator or learner state (cannot be updated)")
 
     s = command("simulate", "class-incremental device simulation (server -> bundle -> local updates)", _simulate)
     s.add_argument("--dataset", choices=["digits", "cifar10", "folder"], default="digits", help="simulation data")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,18 @@ def _check_timing_args(batch_size: int, repeats: int, warmup: int) -> None:
             raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
+def _wall_times(call: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    """Seconds per ``call()`` over ``repeats`` runs, after ``warmup`` untimed ones (``call`` must block until done)."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def onnx_latency(
     onnx_path: str | os.PathLike[str],
     batch_size: int,
@@ -67,13 +79,7 @@ def onnx_latency(
     inp = session.get_inputs()[0]
     x = _random_input(inp.type, (batch_size, *(int(v) for v in input_shape_nhwc)), seed)
     feeds = {inp.name: x}
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t)
+    times = _wall_times(lambda: session.run(None, feeds), warmup, repeats)
     return _timing(times, batch_size, threads, "onnxruntime")
 
 
@@ -103,16 +109,12 @@ def torch_latency(
         if threads is not None:
             torch.set_num_threads(threads)
         sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-        with _eval_mode(module), torch.inference_mode():
-            for _ in range(warmup):
-                module(x)
+        def call() -> None:
+            module(x)
             sync()
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                module(x)
-                sync()
-                times.append(time.perf_counter() - t)
+
+        with _eval_mode(module), torch.inference_mode():
+            times = _wall_times(call, warmup, repeats)
     finally:
         torch.set_num_threads(prev_threads)
     return _timing(times, batch_size, threads, "torch")

@@ -54,6 +54,7 @@ def export_bundle(
     verify_images: int = 64,
     summary: dict[str, Any] | None = None,
     sign_key: Any = None,
+    serve_only: bool = False,
 ) -> dict[str, Any]:
     """Export ``learner`` as a new version of the bundle at ``path``; return what was written.
 
@@ -62,7 +63,10 @@ def export_bundle(
     The returned dict has ``version``, ``parent_version``, ``bytes`` (all
     files), per-file sizes, the parity results and the manifest.
     ``sign_key`` (a key file from ``abd-edge keygen``, or a key object)
-    signs the version (see :mod:`abd_edge.signing`).
+    signs the version (see :mod:`abd_edge.signing`). ``serve_only`` writes
+    what prediction needs and nothing else (classifier, int8 classifier,
+    manifest): no generator, no learner state, so a device can serve it but
+    not learn on it.
     """
     learner._require_fitted("export")
     if quantize not in (None, "int8"):
@@ -81,7 +85,7 @@ def export_bundle(
         deployed = DeployedClassifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w))
         parity = {"classifier": verify_parity(deployed, d / CLASSIFIER, {"images": images})}
         gen_info = None
-        if learner.generator is not None:
+        if learner.generator is not None and not serve_only:
             gen_info = export_generator(learner.generator, d / GENERATOR, opset=opset)
             min_ort.append(gen_info["min_onnxruntime"])
             z = np.random.default_rng(learner.tasks_learned).standard_normal((16, learner.generator.zdim)).astype(np.float32)
@@ -90,7 +94,8 @@ def export_bundle(
         quant = None
         if quantize == "int8":
             quant = _int8(learner, d, verify_images, min_ort)
-        save_learner(learner, d / LEARNER_DIR)
+        if not serve_only:
+            save_learner(learner, d / LEARNER_DIR)
         mean = learner.normalizer.mean.cpu().tolist()
         std = learner.normalizer.std.cpu().tolist()
         manifest = staged.write_manifest(
@@ -110,6 +115,7 @@ def export_bundle(
             parity=parity,
             quantization=quant,
             summary=summary or {"update": "export", "n_classes": learner.num_classes},
+            serve_only=bool(serve_only),
         )
         if sign_key is not None:
             sign_version(d, manifest, sign_key)

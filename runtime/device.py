@@ -239,6 +239,11 @@ class DeviceLearner:
         start = time.perf_counter()
         with PeakRSS() as peak, self.store.lock():
             version, manifest = self.store.read()  # the current version under the lock (another device may have moved it)
+            if manifest.get("serve_only") or not any(f.startswith(LEARNER_DIR + "/") for f in manifest["files"]):
+                raise BundleError(
+                    f"bundle version {version} is serving-only (exported with serve_only / --serve-only): it has no "
+                    "learner state to update; deploy an updatable bundle to learn on the device"
+                )
             learner = Learner.load(self.store.version_dir(version) / LEARNER_DIR, device="cpu")
             cfg = learner.config
             later = dataclasses.replace(cfg.later_tasks, epochs=b.epochs, batch_size=b.batch_size or cfg.later_tasks.batch_size)

@@ -8,19 +8,17 @@ import numpy as np
 import onnx
 import pytest
 
-from abd_edge import Learner, runtime
+from abd_edge import runtime
 from abd_edge.errors import BundleError
 from abd_edge.export import export_bundle, read_metadata
 from abd_edge.onnx_compat import check_onnxruntime, min_onnxruntime_for, parse_version
-from conftest import make_task, tiny_config
+from conftest import fitted_learner, make_task
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("compat")
-    learner = Learner(tiny_config("abd"))
-    x, y = make_task([0, 1])
-    learner.learn_new_classes((x, y), class_names={0: "zero", 1: "one"})
+    learner, _, _ = fitted_learner()
     info = export_bundle(learner, root / "b", quantize="int8")
     return root / "b", info
 
@@ -61,8 +59,7 @@ def test_int8_below_threshold_is_left_out(tmp_path, monkeypatch):
     import abd_edge.export.quantize as quantize
 
     monkeypatch.setattr(quantize, "INT8_MIN_AGREEMENT", 1.01)  # nothing can reach it
-    learner = Learner(tiny_config("abd"))
-    learner.learn_new_classes(make_task([0, 1]))
+    learner, _, _ = fitted_learner()
     info = export_bundle(learner, tmp_path / "b", quantize="int8")
     q = info["manifest"]["quantization"]
     assert q["included"] is False and "below the 101% required" in q["warning"]
@@ -106,3 +103,15 @@ def test_ort_load_failure_becomes_bundle_error(exported, tmp_path):
         runtime.open(copy)
     dev = runtime.open(path)
     assert dev.predict(np.zeros((1, 8, 8, 1), np.uint8)).indices.shape == (1,)
+
+
+def test_serve_only_bundle_predicts_and_refuses_updates(tmp_path):
+    learner, x, _ = fitted_learner()
+    info = export_bundle(learner, tmp_path / "s", quantize="int8", serve_only=True)
+    assert sorted(info["files"]) == ["classifier.int8.onnx", "classifier.onnx"] and info["manifest"]["serve_only"]
+    dev = runtime.open(tmp_path / "s", budget=runtime.DeviceBudget(epochs=1, dream_iterations=1))
+    frames = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(dev.predict(frames).indices, learner.predict(x).indices.numpy())
+    with pytest.raises(BundleError, match="serving-only"):
+        dev.learn_new_classes(make_task([2, 3]))
+    assert dev.store.versions() == ["v000001"]

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from abd_edge import Learner, runtime
+from abd_edge import runtime
 from abd_edge.errors import BundleSignatureError, ConfigError
 from abd_edge.export import export_bundle
 from abd_edge.signing import SIGNATURE, generate_key, load_public_key, manifest_digest, sign_version, verify_version
-from conftest import make_task, tiny_config
+from conftest import fitted_learner, make_task
 
 FAST = runtime.DeviceBudget(epochs=1, dream_iterations=2)
 
@@ -26,9 +26,7 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="module")
 def signed_source(tmp_path_factory, keys):
     root = tmp_path_factory.mktemp("signed")
-    learner = Learner(tiny_config("abd"))
-    x, y = make_task([0, 1])
-    learner.learn_new_classes((x, y), class_names={0: "zero", 1: "one"})
+    learner, _, _ = fitted_learner()
     export_bundle(learner, root / "signed", sign_key=keys["server"]["private_key"])
     export_bundle(learner, root / "unsigned")
     return root
