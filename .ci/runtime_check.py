@@ -35,5 +35,7 @@ except MissingDependencyError as e:
 else:
     raise AssertionError("learn_new_classes ran without torch")
 assert "torch" not in sys.modules
-print(f"runtime-only OK: import {import_s * 1e3:.0f} ms, open {open_s * 1e3:.0f} ms, "
+import onnxruntime  # noqa: E402
+
+print(f"runtime-only OK with onnxruntime {onnxruntime.__version__}: import {import_s * 1e3:.0f} ms, open {open_s * 1e3:.0f} ms, "
       f"predicted {pred.names[:4]}, history {[h['version'] for h in history]}, rolled back to v000001")
