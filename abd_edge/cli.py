@@ -81,7 +81,12 @@ def _print_json(doc: Any) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import BenchSpec, plot_curves, run_benchmark
+    from .extras import import_or_explain, require
+
+    needs = (["sklearn"] if args.dataset == "digits" else []) + ([] if args.no_plot else ["matplotlib"])
+    require(*needs, feature="abd-edge bench")  # before minutes of training, not after
+    bench = import_or_explain("abd_edge.bench", feature="abd-edge bench")
+    BenchSpec, plot_curves, run_benchmark = bench.BenchSpec, bench.plot_curves, bench.run_benchmark
 
     spec = BenchSpec(
         dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, method=args.method, seed=args.seed,
@@ -111,8 +116,11 @@ def _bench_report(args: argparse.Namespace) -> int:
             raise ConfigError(f"{p} is not valid JSON ({e}); expected a file written by abd-edge bench --out") from None
         if not isinstance(doc, dict) or not {"methods", "tasks", "class_order", "benchmark"} <= set(doc):
             raise ConfigError(f"{p} is not a benchmark result (no methods/tasks/class_order/benchmark); expected abd-edge bench output")
-    from .bench import merge_results, plot_curves
+    from .extras import import_or_explain, require
 
+    require("matplotlib", feature="abd-edge bench-report (its PNG)")
+    bench = import_or_explain("abd_edge.bench", feature="abd-edge bench-report")
+    merge_results, plot_curves = bench.merge_results, bench.plot_curves
     out = Path(args.out)
     doc = merge_results(paths, out)
     n_classes = sum(len(t) for t in doc["tasks"])

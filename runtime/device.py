@@ -129,7 +129,8 @@ class DeviceLearner:
             raise BundleError(f"manifest of version {version} lacks a usable classes/input table: {e}") from None
         name = CLASSIFIER_INT8 if self.int8 else CLASSIFIER
         if name not in manifest["files"]:
-            raise BundleError(f"version {version} has no {name}" + (" (export with quantize='int8')" if self.int8 else ""))
+            why = (manifest.get("quantization") or {}).get("warning") or "export with quantize='int8'"
+            raise BundleError(f"version {version} has no {name}" + (f" ({why})" if self.int8 else ""))
         if self.trusted_keys is not None:
             verify_version(self.store.version_dir(version), manifest, self.trusted_keys)
         check_onnxruntime(manifest.get("min_onnxruntime"), f"bundle version {version}")

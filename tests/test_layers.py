@@ -80,5 +80,7 @@ def test_cli_without_torch_names_the_extra_and_info_works(tmp_path):
         f"sys.exit(main(['learn', {str(tmp_path)!r}, '--learner', {str(tmp_path / 'l')!r}]))\n"
     )
     assert res.returncode == 2 and "abd-edge[train]" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = _run_blocked("from abd_edge.cli import main\nsys.exit(main(['bench', '--tasks', '2']))\n")
+    assert res.returncode == 2 and "abd-edge[bench]" in res.stderr and "Traceback" not in res.stderr, res.stderr
     res = _run_blocked("from abd_edge.cli import main\nsys.exit(main(['info']))\n")
     assert res.returncode == 0 and '"abd_edge"' in res.stdout, res.stderr

@@ -64,7 +64,7 @@ def test_int8_below_threshold_is_left_out(tmp_path, monkeypatch):
     q = info["manifest"]["quantization"]
     assert q["included"] is False and "below the 101% required" in q["warning"]
     assert "classifier.int8.onnx" not in info["files"]
-    with pytest.raises(BundleError, match="no classifier.int8.onnx"):
+    with pytest.raises(BundleError, match="no classifier.int8.onnx .int8 classifier left out: its top-1"):
         runtime.open(tmp_path / "b", int8=True)
 
 
