@@ -55,6 +55,7 @@ def export_bundle(
     summary: dict[str, Any] | None = None,
     sign_key: Any = None,
     serve_only: bool = False,
+    keep_optimizer: bool = False,
 ) -> dict[str, Any]:
     """Export ``learner`` as a new version of the bundle at ``path``; return what was written.
 
@@ -66,7 +67,9 @@ def export_bundle(
     signs the version (see :mod:`abd_edge.signing`). ``serve_only`` writes
     what prediction needs and nothing else (classifier, int8 classifier,
     manifest): no generator, no learner state, so a device can serve it but
-    not learn on it.
+    not learn on it. The generator's Adam state (twice the generator's
+    size) stays out unless ``keep_optimizer``: a device update then starts
+    a fresh Adam, as the short recipe's ``keep_optimizer=False`` does.
     """
     learner._require_fitted("export")
     if quantize not in (None, "int8"):
@@ -95,7 +98,7 @@ def export_bundle(
         if quantize == "int8":
             quant = _int8(learner, d, verify_images, min_ort)
         if not serve_only:
-            save_learner(learner, d / LEARNER_DIR)
+            save_learner(learner, d / LEARNER_DIR, keep_optimizer=keep_optimizer)
         mean = learner.normalizer.mean.cpu().tolist()
         std = learner.normalizer.std.cpu().tolist()
         manifest = staged.write_manifest(

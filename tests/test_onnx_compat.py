@@ -115,3 +115,16 @@ def test_serve_only_bundle_predicts_and_refuses_updates(tmp_path):
     with pytest.raises(BundleError, match="serving-only"):
         dev.learn_new_classes(make_task([2, 3]))
     assert dev.store.versions() == ["v000001"]
+
+
+def test_updatable_bundle_leaves_adam_state_out_unless_asked(tmp_path):
+    from safetensors import safe_open
+
+    learner, _, _ = fitted_learner()
+    assert learner.config.dream.keep_optimizer  # the learner itself keeps it ...
+    for keep in (False, True):
+        info = export_bundle(learner, tmp_path / str(keep), keep_optimizer=keep)
+        with safe_open(str(tmp_path / str(keep) / "versions" / "v000001" / "learner" / "weights.safetensors"), "pt") as f:
+            has_adam = any(k.startswith("generator_opt.") for k in f.keys())
+        assert has_adam is keep  # ... the bundle only when asked
+    assert runtime.open(tmp_path / "False").num_classes == 2
