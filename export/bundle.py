@@ -56,6 +56,7 @@ def export_bundle(
     sign_key: Any = None,
     serve_only: bool = False,
     keep_optimizer: bool = False,
+    generator_onnx: bool = True,
 ) -> dict[str, Any]:
     """Export ``learner`` as a new version of the bundle at ``path``; return what was written.
 
@@ -70,6 +71,9 @@ def export_bundle(
     not learn on it. The generator's Adam state (twice the generator's
     size) stays out unless ``keep_optimizer``: a device update then starts
     a fresh Adam, as the short recipe's ``keep_optimizer=False`` does.
+    ``generator_onnx=False`` carries the generator once, as weights for
+    updates, without ``generator.onnx`` (the paper generator is 32 MB per
+    copy); ``device.dream()`` then needs torch.
     """
     learner._require_fitted("export")
     if quantize not in (None, "int8"):
@@ -88,7 +92,7 @@ def export_bundle(
         deployed = DeployedClassifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w))
         parity = {"classifier": verify_parity(deployed, d / CLASSIFIER, {"images": images})}
         gen_info = None
-        if learner.generator is not None and not serve_only:
+        if learner.generator is not None and not serve_only and generator_onnx:
             gen_info = export_generator(learner.generator, d / GENERATOR, opset=opset)
             min_ort.append(gen_info["min_onnxruntime"])
             z = np.random.default_rng(learner.tasks_learned).standard_normal((16, learner.generator.zdim)).astype(np.float32)
@@ -111,7 +115,9 @@ def export_bundle(
             opset=opset,
             ir_version=cls_info["ir_version"],
             min_onnxruntime=max(min_ort, key=parse_version),
-            generator=None if gen_info is None else {"zdim": gen_info["zdim"], "output": "float32 (N, C, H, W), normalised input space"},
+            generator=None if learner.generator is None or serve_only else {
+                "zdim": learner.generator.zdim, "onnx": gen_info is not None,
+                "output": "float32 (N, C, H, W), normalised input space"},
             learner={"method": learner.config.method, "tasks_learned": learner.tasks_learned,
                      "config": learner.config.to_dict(), "history": [r.to_dict() for r in learner.history]},
             privacy={"ledger": list(getattr(learner, "privacy_ledger", []))},

@@ -270,7 +270,8 @@ class DeviceLearner:
                 "stopped_early": rep.stopped_early,
                 "privacy_spent": rep.privacy,
             }
-            info = export_bundle(learner, self.store, summary=summary, quantize=quantize, sign_key=self.signing_key)
+            info = export_bundle(learner, self.store, summary=summary, quantize=quantize, sign_key=self.signing_key,
+                                 generator_onnx=GENERATOR in manifest["files"])  # keep the bundle's shape
             seconds_export = time.perf_counter() - t_export
             del learner
         self._load(*self.store.read(info["version"]))
@@ -304,12 +305,17 @@ class DeviceLearner:
 
     def dream(self, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``n`` dreamed images (normalised space) from generator.onnx, with the classifier's labels for them."""
-        if GENERATOR not in self.manifest["files"]:
-            raise NotFittedError(f"bundle version {self.version} has no generator (its method trains none)")
-        gen = open_session(self.version_dir / GENERATOR, what=f"{GENERATOR} of bundle version {self.version}")
-        zdim = int(self.manifest["generator"]["zdim"])
-        z = np.random.default_rng(seed).standard_normal((n, zdim)).astype(np.float32)
-        images = gen.run(["images"], {"z": z})[0]
+        if not self.manifest.get("generator"):
+            raise NotFittedError(f"bundle version {self.version} has no generator (its method trains none, or it is serving-only)")
+        if GENERATOR in self.manifest["files"]:
+            gen = open_session(self.version_dir / GENERATOR, what=f"{GENERATOR} of bundle version {self.version}")
+            z = np.random.default_rng(seed).standard_normal((n, int(self.manifest["generator"]["zdim"]))).astype(np.float32)
+            images = gen.run(["images"], {"z": z})[0]
+        else:  # exported with generator_onnx=False: the generator travels once, as the learner's weights
+            require("torch", "safetensors", feature=f"dreaming from bundle version {self.version} (it has no {GENERATOR})")
+            from abd_edge.learner import Learner
+
+            images = Learner.load(self.version_dir / LEARNER_DIR, device="cpu").dream(n, seed=seed)[0].numpy()
         pixels = to_pixels(images, self.manifest["normalization"]["mean"], self.manifest["normalization"]["std"])
         return pixels, self.predict_proba(pixels).argmax(axis=1)
 

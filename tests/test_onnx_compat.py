@@ -134,3 +134,14 @@ def test_updatable_bundle_leaves_adam_state_out_unless_asked(tmp_path, learned, 
     assert not has_adam(path / "versions" / info["version"])  # ... a bundle by default does not
     export_bundle(learned[0], tmp_path / "keep", keep_optimizer=True)
     assert has_adam(tmp_path / "keep" / "versions" / "v000001")
+
+
+def test_generator_once_without_generator_onnx(tmp_path, learned):
+    learner = learned[0]
+    info = export_bundle(learner, tmp_path / "g", generator_onnx=False)
+    assert "generator.onnx" not in info["files"] and info["manifest"]["generator"]["onnx"] is False
+    dev = runtime.open(tmp_path / "g", budget=runtime.DeviceBudget(epochs=1, dream_iterations=1))
+    pixels, labels = dev.dream(3)
+    assert pixels.shape == (3, 8, 8, 1) and pixels.dtype == np.uint8 and labels.shape == (3,)
+    rep = dev.learn_new_classes(make_task([2, 3], seed=5))
+    assert dev.num_classes == 4 and "generator.onnx" not in dev.manifest["files"], rep.version
