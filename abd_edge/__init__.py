@@ -7,10 +7,14 @@ on devices without torch.
 
 from __future__ import annotations
 
-import importlib
+import logging
 from typing import Any
 
+#: The one place the version is written (pyproject.toml reads it from here).
 __version__ = "0.1.0"
+
+# A library logs; the application decides where it goes (and the CLI configures it).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "Learner": ("abd_edge.learner", "Learner"),
@@ -31,8 +35,10 @@ __all__ = ["__version__", *_LAZY]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        from .extras import import_or_explain
+
         module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        value = getattr(import_or_explain(module, feature=f"abd_edge.{name}"), attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'abd_edge' has no attribute {name!r}")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,7 +21,6 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .config import METHODS, AugmentConfig, LearnerConfig
 from .data import LabeledImages, class_order, load_cifar10_jpeg, load_cifar_python, load_digits, load_image_folder, split_tasks
 from .errors import ConfigError, DatasetError
@@ -216,25 +213,10 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
 
 
 def environment() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    env = {
-        "abd_edge": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    return env
+    """Versions, CPU, torch threads and GPU for a result file (see abd_edge.environment)."""
+    from .environment import environment as describe_environment
+
+    return describe_environment(with_torch=True)
 
 
 def format_comparison(results: dict[str, dict[str, Any]]) -> str:

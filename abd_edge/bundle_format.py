@@ -37,6 +37,10 @@ from .errors import BundleError, BundleIntegrityError, BundleMissingFileError, B
 MANIFEST = "manifest.json"
 #: sha256 of the manifest's canonical JSON, written beside it (see :func:`manifest_digest`).
 MANIFEST_DIGEST = "manifest.sha256"
+#: ed25519 signature over the manifest digest (abd_edge.signing); it signs the manifest, so the manifest cannot list it.
+SIGNATURE = "signature.json"
+#: Names beside the manifest that the manifest cannot list (they cover the manifest itself).
+RESERVED_NAMES = frozenset({MANIFEST, MANIFEST_DIGEST, SIGNATURE})
 FORMAT_NAME = "abd-edge"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -215,7 +219,7 @@ def _check_entries(path: Path, files: Any) -> dict[str, dict[str, Any]]:
         raise BundleIntegrityError(f"{path} has no 'files' table (found {type(files).__name__})")
     for name, entry in files.items():
         rel = Path(name)
-        if not name or rel.is_absolute() or ".." in rel.parts or name != rel.as_posix() or name in (MANIFEST, MANIFEST_DIGEST):
+        if not name or rel.is_absolute() or ".." in rel.parts or name != rel.as_posix() or name in RESERVED_NAMES:
             raise BundleIntegrityError(f"manifest entry {name!r} in {path} is not a plain relative file path")
         if (
             not isinstance(entry, dict)
@@ -286,7 +290,7 @@ def read_manifest(
         if name not in files:
             raise BundleIntegrityError(f"{d / name} is read but not listed in {mpath}, so it cannot be verified")
     if strict:
-        unlisted = sorted(set(present) - set(files) - {MANIFEST, MANIFEST_DIGEST})
+        unlisted = sorted(set(present) - set(files) - RESERVED_NAMES)
         if unlisted:
             raise BundleIntegrityError(f"{d} holds files its manifest does not list: {unlisted}")
     verify_files(d, files, hashes=hashes)
@@ -334,7 +338,7 @@ def owned_entries(directory: Path, kind: str) -> set[str] | None:
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(isinstance(n, str) and n for n in files):
         return None
-    return {MANIFEST, MANIFEST_DIGEST} | {Path(n).parts[0] for n in files if Path(n).parts and not Path(n).is_absolute()}
+    return set(RESERVED_NAMES) | {Path(n).parts[0] for n in files if Path(n).parts and not Path(n).is_absolute()}
 
 
 def check_save_target(target: Path, kind: str) -> None:
@@ -407,7 +411,7 @@ def clean_staging(target: str | os.PathLike[str], names: Iterable[str]) -> list[
     removed: list[Path] = []
     if fcntl is None or not t.parent.is_dir():
         return removed
-    allowed = set(names) | {MANIFEST, MANIFEST_DIGEST}
+    allowed = set(names) | RESERVED_NAMES
     for e in os.scandir(t.parent):
         if not e.name.startswith(_staging_prefix(t)) or e.is_symlink() or not e.is_dir(follow_symlinks=False):
             continue

@@ -56,6 +56,7 @@ except ImportError:  # pragma: no cover - exercised only on Windows
 from .bundle_format import (
     MANIFEST,
     MANIFEST_DIGEST,
+    RESERVED_NAMES,
     fault_point,
     fsync_path,
     fsync_tree,
@@ -115,7 +116,7 @@ class StagedVersion:
             files = [
                 p.relative_to(self.path).as_posix()
                 for p in self.path.rglob("*")
-                if p.is_file() and p.relative_to(self.path).as_posix() not in (MANIFEST, MANIFEST_DIGEST)
+                if p.is_file() and p.relative_to(self.path).as_posix() not in RESERVED_NAMES
             ]
         fields.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return write_manifest(
@@ -410,7 +411,7 @@ class BundleStore:
                 f"{path / MANIFEST} says parent_version {manifest.get('parent_version')!r}, "
                 f"expected {staged.parent_version!r} (pass parent_version=staged.parent_version to write_manifest)"
             )
-        listed = {PurePosixPath(name).as_posix() for name in manifest["files"]} | {MANIFEST, MANIFEST_DIGEST}
+        listed = {PurePosixPath(name).as_posix() for name in manifest["files"]} | RESERVED_NAMES
         for p in sorted(path.rglob("*")):
             rel = p.relative_to(path).as_posix()
             if p.is_symlink() or not (p.is_file() or p.is_dir()):

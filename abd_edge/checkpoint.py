@@ -94,12 +94,14 @@ def learner_state(learner: "Learner", opt_scalars: dict[str, Any] | None) -> dic
     }
 
 
-def save_learner(learner: "Learner", directory: Path) -> Path:
+def save_learner(learner: "Learner", directory: Path, *, keep_optimizer: bool | None = None) -> Path:
+    """``keep_optimizer=False`` leaves the generator's Adam state out (a bundle's default); None: the config's."""
     learner._require_fitted("save")
     st = learner._state
     tensors = learner_tensors(learner)
     opt_scalars = None
-    if st.generator_opt is not None and learner.config.dream.keep_optimizer:
+    keep = learner.config.dream.keep_optimizer if keep_optimizer is None else keep_optimizer
+    if st.generator_opt is not None and keep:
         # The reference continues one Adam across tasks; without keep_optimizer a
         # fresh Adam starts each call, so its state (2x the generator) need not be kept.
         opt_t, opt_scalars = optimizer_tensors(st.generator_opt, "generator_opt")

@@ -1,4 +1,9 @@
-"""The ``abd-edge`` command line: bench, learn, export, simulate, info."""
+"""The ``abd-edge`` command line: bench, bench-report, learn, export, simulate, info, keygen.
+
+Every subcommand that trains or exports imports torch only when it runs,
+so ``abd-edge info`` and ``abd-edge --version`` work on a runtime-only
+install, and the others say which extra to install there.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,55 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+from . import __version__
 from .errors import AbdEdgeError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Examples verbatim in the epilog; '(default: X)' after options that have a real default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" not in text and action.option_strings and default not in (None, False, argparse.SUPPRESS)
+                and not isinstance(default, list)):
+            text += " (default: %(default)s)"
+        return text
 
 
 def _parse_sets(items: list[str] | None) -> dict[str, str]:
@@ -22,12 +73,24 @@ def _parse_sets(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+# ----------------------------------------------------------------------------- commands
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import BenchSpec, plot_curves, run_benchmark
+    from .extras import import_or_explain, require
+
+    needs = (["sklearn"] if args.dataset == "digits" else []) + ([] if args.no_plot else ["matplotlib"])
+    require(*needs, feature="abd-edge bench")  # before minutes of training, not after
+    bench = import_or_explain("abd_edge.bench", feature="abd-edge bench")
+    BenchSpec, plot_curves, run_benchmark = bench.BenchSpec, bench.plot_curves, bench.run_benchmark
 
     spec = BenchSpec(
         dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, method=args.method, seed=args.seed,
-        recipe=args.recipe, epochs=args.epochs, dream_iters=args.dream_iters, batch_size=args.batch_size,
+        recipe=args.recipe, epochs=args.epochs, dream_iters=args.dream_iterations, batch_size=args.batch_size,
         device=args.device, generator=args.generator, replay_pool=args.replay_pool, threads=args.threads,
         save_learner=args.save_learner, overrides=_parse_sets(args.set), max_tasks=args.max_tasks,
     )
@@ -43,153 +106,269 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_report(args: argparse.Namespace) -> int:
-    from .bench import merge_results, plot_curves
+    paths = [Path(p) for p in args.results]
+    for p in paths:  # check every input before anything is written
+        if not p.is_file():
+            raise ConfigError(f"result file {p} does not exist; expected a JSON written by abd-edge bench --out")
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{p} is not valid JSON ({e}); expected a file written by abd-edge bench --out") from None
+        if not isinstance(doc, dict) or not {"methods", "tasks", "class_order", "benchmark"} <= set(doc):
+            raise ConfigError(f"{p} is not a benchmark result (no methods/tasks/class_order/benchmark); expected abd-edge bench output")
+    from .extras import import_or_explain, require
 
-    doc = merge_results([Path(p) for p in args.results], Path(args.out))
+    require("matplotlib", feature="abd-edge bench-report (its PNG)")
+    bench = import_or_explain("abd_edge.bench", feature="abd-edge bench-report")
+    merge_results, plot_curves = bench.merge_results, bench.plot_curves
+    out = Path(args.out)
+    doc = merge_results(paths, out)
     n_classes = sum(len(t) for t in doc["tasks"])
-    plot_curves(doc["methods"], Path(args.out).with_suffix(".png"), n_classes // len(doc["tasks"]))
-    print(f"\nwrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    plot_curves(doc["methods"], out.with_suffix(".png"), n_classes // len(doc["tasks"]))
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
     return 0
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from .config import LearnerConfig
-    from .learner import Learner
+    import dataclasses
+
+    from .extras import import_or_explain
+
+    config_mod = import_or_explain("abd_edge.config", feature="abd-edge learn")
+    Learner = import_or_explain("abd_edge.learner", feature="abd-edge learn").Learner
 
     learner_dir = Path(args.learner)
     if (learner_dir / "manifest.json").exists():
+        fixed = [flag for flag, value in (("--recipe", args.recipe), ("--seed", args.seed)) if value is not None]
+        if fixed:
+            raise ConfigError(
+                f"{' and '.join(fixed)} only apply when a learner is created, but {learner_dir} already holds one "
+                "(its recipe and seed are fixed); drop them, or use --epochs/--dream-iterations/--method to change the next task"
+            )
         learner = Learner.load(learner_dir, device=args.device)
+        cfg = learner.config
+        changes: dict[str, Any] = {}
+        if args.method is not None:
+            changes["method"] = args.method
+        if args.epochs is not None:
+            changes["first_task"] = dataclasses.replace(cfg.first_task, epochs=args.epochs)
+            changes["later_tasks"] = dataclasses.replace(cfg.later_tasks, epochs=args.epochs)
+        if args.dream_iterations is not None:
+            changes["dream"] = dataclasses.replace(cfg.dream, iterations=args.dream_iterations)
+        if changes:
+            learner.reconfigure(**changes)  # validates; a bad value leaves the saved learner untouched
+            log.info("continuing %s with %s", learner_dir, sorted(changes))
     else:
-        cfg = LearnerConfig.preset(args.recipe, method=args.method, seed=args.seed, device=args.device)
+        cfg = config_mod.LearnerConfig.preset(
+            args.recipe or "short", method=args.method or "abd", seed=args.seed or 0, device=args.device
+        )
         if args.epochs is not None:
             cfg.first_task.epochs = cfg.later_tasks.epochs = args.epochs
-        if args.dream_iters is not None:
-            cfg.dream.iterations = args.dream_iters
+        if args.dream_iterations is not None:
+            cfg.dream.iterations = args.dream_iterations
         cfg.validate()
         learner = Learner(cfg)
     report = learner.learn_new_classes(args.data, show_progress=not args.quiet)
     learner.save(learner_dir)
-    print(json.dumps({k: v for k, v in report.to_dict().items() if k != "epoch_losses"}, indent=2))
+    doc: dict[str, Any] = {k: v for k, v in report.to_dict().items() if k != "epoch_losses"}
+    doc["learner"] = str(learner_dir)
+    doc["config"] = {"method": learner.config.method, "epochs": learner.config.later_tasks.epochs,
+                     "dream_iterations": learner.config.dream.iterations}
     if args.eval:
-        print(f"accuracy on {args.eval}: {100 * learner.evaluate(args.eval):.2f}%")
+        doc["eval"] = {"data": args.eval, "accuracy": learner.evaluate(args.eval)}
+    _print_json(doc)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_bundle
-    from .learner import Learner
+    from .extras import import_or_explain
 
+    export_bundle = import_or_explain("abd_edge.export", feature="abd-edge export").export_bundle
+    Learner = import_or_explain("abd_edge.learner", feature="abd-edge export").Learner
+    if args.sign_key:
+        from .signing import load_private_key
+
+        load_private_key(args.sign_key)  # a bad key fails before minutes of export
     learner = Learner.load(args.learner, device="cpu")
-    info = export_bundle(learner, args.bundle, quantize=args.quantize, keep_versions=args.keep_versions)
+    info = export_bundle(learner, args.bundle, quantize=args.quantize, keep_versions=args.keep_versions,
+                         sign_key=args.sign_key, serve_only=args.serve_only,
+                         generator_onnx=not args.no_generator_onnx)
     summary = {k: info[k] for k in ("version", "parent_version", "path", "bytes", "files", "parity", "quantization", "seconds")}
-    print(json.dumps(summary, indent=2, default=str))
+    summary["signed"] = bool(args.sign_key)
+    summary["min_onnxruntime"] = info["manifest"].get("min_onnxruntime")
+    _print_json(summary)
     return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .runtime import DeviceBudget
-    from .simulate import default_budget, run_simulation
+    from .extras import import_or_explain
 
-    budget = default_budget(args.dataset)
+    sim = import_or_explain("abd_edge.simulate", feature="abd-edge simulate")
+    budget = sim.default_budget(args.dataset)
     for field in ("epochs", "dream_iterations", "batch_size", "threads", "time_budget_s"):
         value = getattr(args, field)
         if value is not None:
             setattr(budget, field, value)
-    run_simulation(
+    sim.run_simulation(
         args.dataset, args.data_root, tasks=args.tasks, seed=args.seed, out_dir=args.out,
         compare_engine=args.compare_engine, budget=budget, server_epochs=args.server_epochs,
-        server_dream_iters=args.server_dream_iters, show_progress=not args.quiet, max_steps=args.steps,
+        server_dream_iters=args.server_dream_iterations, show_progress=not args.quiet, max_steps=args.steps,
     )
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .bench import environment
+    from .environment import environment
 
-    info: dict[str, object] = {"environment": environment()}
+    info: dict[str, Any] = {"environment": environment()}
     if args.path:
-        from .bundle_format import read_manifest
+        from .describe import describe
 
-        manifest = read_manifest(Path(args.path))
-        info["manifest"] = manifest
-    print(json.dumps(info, indent=2, default=str))
+        info.update(describe(args.path))
+    _print_json(info)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="abd-edge", description="Data-free class-incremental learning (ABD) for devices")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = p.add_subparsers(dest="command", required=True)
+def _keygen(args: argparse.Namespace) -> int:
+    from .signing import generate_key
 
-    b = sub.add_parser("bench", help="class-incremental benchmark: accuracy table, JSON and PNG")
-    b.add_argument("--dataset", choices=["digits", "cifar10", "cifar100", "folder"], default="digits")
+    _print_json(generate_key(args.key, overwrite=args.force))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+_EXAMPLES = {
+    "main": """examples:
+  abd-edge simulate                                   # the device simulation on the embedded digits
+  abd-edge bench --dataset digits --tasks 5           # class-incremental benchmark, JSON + PNG
+  abd-edge learn data/task1 --learner runs/learner    # learn the classes of an ImageFolder tree
+  abd-edge export runs/learner runs/bundle --quantize int8 --sign-key keys/server
+  abd-edge info runs/bundle                           # versions, classes, sizes, signature (no torch needed)""",
+    "bench": """examples:
+  abd-edge bench --dataset digits --tasks 5 --method abd
+  abd-edge bench --dataset cifar10 --data-root cifar10_jpeg.npz --tasks 5 --device cuda --method all
+  abd-edge bench --dataset digits --set later_tasks.lr=0.05 --set head_balance=none --out runs/r.json""",
+    "bench-report": """example:
+  abd-edge bench-report runs/abd.json runs/lwf.json --out runs/all.json""",
+    "learn": """examples:
+  abd-edge learn data/task1 --learner runs/learner --recipe short --epochs 5
+  abd-edge learn data/task2 --learner runs/learner --dream-iterations 200 --eval data/test""",
+    "export": """examples:
+  abd-edge export runs/learner runs/bundle
+  abd-edge export runs/learner runs/serving --serve-only --quantize int8
+  abd-edge export runs/learner runs/bundle --no-generator-onnx        # the generator once: 36 MB instead of 68 (cifar10)
+  abd-edge keygen keys/server && abd-edge export runs/learner runs/bundle --quantize int8 --sign-key keys/server""",
+    "simulate": """examples:
+  abd-edge simulate
+  abd-edge simulate --dataset cifar10 --data-root cifar10_jpeg.npz --steps 1 --threads 2""",
+    "info": """examples:
+  abd-edge info                           # environment only
+  abd-edge info runs/bundle               # a bundle root: every version, the current one in detail
+  abd-edge info runs/bundle/versions/v000002
+  abd-edge info runs/learner""",
+    "keygen": """example:
+  abd-edge keygen keys/server             # writes keys/server (private, 0600) and keys/server.pub""",
+}
+
+
+def _dream_iterations(p: argparse.ArgumentParser, help: str, *, server: bool = False) -> None:
+    """``--dream-iterations`` everywhere; the older ``--dream-iters`` spelling still parses (hidden)."""
+    prefix = "--server-" if server else "--"
+    dest = "server_dream_iterations" if server else "dream_iterations"
+    p.add_argument(f"{prefix}dream-iterations", dest=dest, type=non_negative_int, help=help)
+    p.add_argument(f"{prefix}dream-iters", dest=dest, type=non_negative_int, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand without -v must not reset a -v given before it.
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level")
+
+    p = argparse.ArgumentParser(prog="abd-edge", formatter_class=_Formatter, epilog=_EXAMPLES["main"],
+                                description="Data-free class-incremental learning (Always Be Dreaming) for devices")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (also accepted after the subcommand)")
+    p.add_argument("--version", action="version", version=f"abd-edge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=_Formatter,
+                            epilog=_EXAMPLES.get(name))
+        sp.set_defaults(func=func)
+        return sp
+
+    b = command("bench", "class-incremental benchmark: accuracy table, JSON and PNG", _bench)
+    b.add_argument("--dataset", choices=["digits", "cifar10", "cifar100", "folder"], default="digits", help="benchmark data")
     b.add_argument("--data-root", help="cifar10: the .npz or a cifar-10-batches-py dir; cifar100: cifar-100-python; folder: DIR with train/ and test/")
-    b.add_argument("--tasks", type=int, default=5)
+    b.add_argument("--tasks", type=positive_int, default=5, help="number of equal tasks the classes are split into")
     b.add_argument("--method", default="abd", help="abd, deepinversion, lwf, lwf_mc, finetune, upper_bound or all")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--recipe", choices=["paper", "short"], help="default: short (paper for cifar100)")
-    b.add_argument("--epochs", type=int)
-    b.add_argument("--dream-iters", type=int)
-    b.add_argument("--batch-size", type=int)
+    b.add_argument("--seed", type=int, default=0, help="seed of the class order and the learner")
+    b.add_argument("--recipe", choices=["paper", "short"], help="training recipe (default: short; paper for cifar100)")
+    b.add_argument("--epochs", type=positive_int, help="epochs per task (default: the dataset's protocol: digits 12, cifar10 5)")
+    _dream_iterations(b, "generator training iterations per task (default: digits 60, cifar10 500)")
+    b.add_argument("--batch-size", type=_int_at_least(2), help="batch size of training and dreaming (default: the recipe's)")
     b.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    b.add_argument("--generator", help="abd (paper) or abd_compact")
-    b.add_argument("--replay-pool", type=int, help="dream this many batches per task and reuse them (0: fresh every step)")
-    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, all cores)")
+    b.add_argument("--generator", choices=["abd", "abd_compact"], help="generator architecture (default: abd, the paper's)")
+    b.add_argument("--replay-pool", type=non_negative_int, help="dream this many batches per task and reuse them (0: fresh every step)")
+    b.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice, all cores)")
     b.add_argument("--save-learner", help="save the final learner here (with --method all: one subdirectory per method)")
-    b.add_argument("--out", help="results JSON (default runs/bench-....json); the PNG goes beside it")
+    b.add_argument("--out", help="results JSON (default: runs/bench-DATASET-Nx-METHOD-seedS.json); the PNG goes beside it")
     b.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a learner setting, e.g. later_tasks.lr=0.05 or head_balance=none (repeatable)")
-    b.add_argument("--max-tasks", type=int, help="stop after this many tasks (a quick partial run; dreaming still runs after each)")
-    b.add_argument("--no-plot", action="store_true")
+    b.add_argument("--max-tasks", type=positive_int, help="stop after this many tasks (a quick partial run)")
+    b.add_argument("--no-plot", action="store_true", help="write no PNG")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
-    b.set_defaults(func=_bench)
 
-    br = sub.add_parser("bench-report", help="merge per-method benchmark JSONs (same protocol) into one table, JSON and PNG")
-    br.add_argument("results", nargs="+")
-    br.add_argument("--out", required=True)
-    br.set_defaults(func=_bench_report)
+    br = command("bench-report", "merge per-method benchmark JSONs (same protocol) into one table, JSON and PNG", _bench_report)
+    br.add_argument("results", nargs="+", help="result files written by abd-edge bench --out")
+    br.add_argument("--out", required=True, help="merged JSON; the PNG goes beside it")
 
-    lr = sub.add_parser("learn", help="learn the new classes of a dataset into a saved learner directory")
+    lr = command("learn", "learn the new classes of a dataset into a saved learner directory", _learn)
     lr.add_argument("data", help="ImageFolder tree, CIFAR python dir or .npz")
-    lr.add_argument("--learner", required=True, help="learner directory (created on first use)")
-    lr.add_argument("--method", default="abd")
-    lr.add_argument("--recipe", choices=["paper", "short"], default="short")
-    lr.add_argument("--epochs", type=int)
-    lr.add_argument("--dream-iters", type=int)
-    lr.add_argument("--seed", type=int, default=0)
-    lr.add_argument("--device")
-    lr.add_argument("--eval", help="a labelled dataset to evaluate on afterwards")
-    lr.add_argument("--quiet", action="store_true")
-    lr.set_defaults(func=_learn)
+    lr.add_argument("--learner", required=True, help="learner directory (created on first use, continued after)")
+    lr.add_argument("--method", help="abd, deepinversion, lwf, lwf_mc or finetune (default: abd; on an existing learner: its own)")
+    lr.add_argument("--recipe", choices=["paper", "short"], help="recipe of a new learner (default: short)")
+    lr.add_argument("--epochs", type=positive_int, help="epochs for this task (default: the recipe's)")
+    _dream_iterations(lr, "dreaming iterations after this task (default: the recipe's)")
+    lr.add_argument("--seed", type=int, help="seed of a new learner (default: 0)")
+    lr.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    lr.add_argument("--eval", help="a labelled dataset to evaluate on afterwards (its accuracy goes into the JSON)")
+    lr.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("export", help="export a saved learner as a new version of an ONNX bundle")
+    e = command("export", "export a saved learner as a new version of an ONNX bundle", _export)
     e.add_argument("learner", help="a directory written by Learner.save / abd-edge learn")
     e.add_argument("bundle", help="bundle directory (created, or given a new version)")
     e.add_argument("--quantize", choices=["int8"], help="also write an int8 classifier calibrated on dreamed images")
-    e.add_argument("--keep-versions", type=int, default=3)
-    e.set_defaults(func=_export)
+    e.add_argument("--keep-versions", type=positive_int, default=3, help="versions kept for rollback")
+    e.add_argument("--sign-key", help="sign the version with this ed25519 private key (from abd-edge keygen)")
+    e.add_argument("--serve-only", action="store_true",
+                   help="prediction only: classifier (+ int8) and manifest, no generator or learner state (cannot be updated)")
+    e.add_argument("--no-generator-onnx", action="store_true",
+                   help="carry the generator once (as learner weights, for updates) without generator.onnx")
 
-    s = sub.add_parser("simulate", help="class-incremental device simulation (server -> bundle -> local updates)")
-    s.add_argument("--dataset", choices=["digits", "cifar10", "folder"], default="digits")
-    s.add_argument("--data-root")
-    s.add_argument("--tasks", type=int, default=5)
-    s.add_argument("--seed", type=int, default=0)
+    s = command("simulate", "class-incremental device simulation (server -> bundle -> local updates)", _simulate)
+    s.add_argument("--dataset", choices=["digits", "cifar10", "folder"], default="digits", help="simulation data")
+    s.add_argument("--data-root", help="as for bench")
+    s.add_argument("--tasks", type=positive_int, default=5, help="number of equal tasks")
+    s.add_argument("--seed", type=int, default=0, help="seed of the class order and the learners")
     s.add_argument("--out", default="runs/simulation", help="output directory (bundles, JSON, PNG)")
     s.add_argument("--compare-engine", action="store_true", help="also run the same updates in the training engine")
-    s.add_argument("--epochs", type=int, help="device budget: epochs per update")
-    s.add_argument("--dream-iterations", type=int, help="device budget: dreaming iterations per update")
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--threads", type=int)
-    s.add_argument("--time-budget-s", type=float)
-    s.add_argument("--steps", type=int, help="stop after this many device updates (default: all tasks after the base)")
-    s.add_argument("--server-epochs", type=int)
-    s.add_argument("--server-dream-iters", type=int)
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(func=_simulate)
+    s.add_argument("--epochs", type=positive_int, help="device budget: epochs per update (default: the dataset's budget)")
+    _dream_iterations(s, "device budget: dreaming iterations per update (default: the dataset's budget)")
+    s.add_argument("--batch-size", type=_int_at_least(2), help="device budget: batch size")
+    s.add_argument("--threads", type=positive_int, help="device budget: torch threads")
+    s.add_argument("--time-budget-s", type=positive_float, help="device budget: seconds per update")
+    s.add_argument("--steps", type=positive_int, help="stop after this many device updates (default: all tasks after the base)")
+    s.add_argument("--server-epochs", type=positive_int, help="epochs of the server's base task")
+    _dream_iterations(s, "dreaming iterations of the server's base task", server=True)
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    i = sub.add_parser("info", help="environment, and the manifest of a learner or bundle directory")
-    i.add_argument("path", nargs="?")
-    i.set_defaults(func=_info)
+    i = command("info", "environment, and what a bundle root, bundle version or learner directory holds", _info)
+    i.add_argument("path", nargs="?", help="bundle root, bundle version or learner directory")
+
+    k = command("keygen", "create an ed25519 key pair for signing bundles", _keygen)
+    k.add_argument("key", help="private key file to write (the public key goes to KEY.pub)")
+    k.add_argument("--force", action="store_true", help="overwrite existing key files")
     return p
 
 
@@ -203,6 +382,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AbdEdgeError as e:
         print(f"abd-edge: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # the engine's divergence check (a loss became NaN or inf)
+        print(f"abd-edge: error: training diverged ({e}); try a lower learning rate (--set later_tasks.lr=...) "
+              "or a smaller batch", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("abd-edge: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

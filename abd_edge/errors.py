@@ -76,3 +76,11 @@ class UpdateRejectedError(AbdEdgeError):
         super().__init__(message)
         self.reasons = list(reasons or [])
         self.checks = dict(checks or {})
+
+
+class MissingDependencyError(AbdEdgeError, ImportError):
+    """A feature needs a package of an optional extra that is not installed (the message names the extra)."""
+
+
+class BundleSignatureError(BundleError):
+    """A bundle version is unsigned, signed by an untrusted key, or its signature does not match."""

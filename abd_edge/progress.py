@@ -12,11 +12,15 @@ T = TypeVar("T")
 
 
 def interactive() -> bool:
-    """True when stderr is a terminal and ABD_EDGE_PROGRESS is not 0."""
+    """True when someone is watching: stderr is a terminal, or this runs in a Jupyter kernel.
+
+    ``ABD_EDGE_PROGRESS=0`` (or 1) overrides. In a notebook stderr is not a
+    TTY, but tqdm.auto draws a widget there, so the bars stay on.
+    """
     flag = os.environ.get("ABD_EDGE_PROGRESS")
     if flag is not None:
         return flag not in ("0", "false", "no", "")
-    return sys.stderr.isatty()
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
 def progress(it: Iterable[T], *, desc: str, enabled: bool = True, total: int | None = None, leave: bool = False) -> "tqdm[T]":

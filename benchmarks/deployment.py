@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from abd_edge import Learner, runtime
-from abd_edge.bench import environment, load_benchmark_data
-from abd_edge.export import DeployedClassifier, export_bundle, export_generator, onnx_latency, torch_latency
+from abd_edge.bench import load_benchmark_data
+from abd_edge.environment import environment
+from abd_edge.export import DeployedClassifier, export_bundle, export_generator
+from latency import onnx_latency, torch_latency  # benchmarks/latency.py (this script's directory is on sys.path)
 from abd_edge.models import build_generator, count_parameters
 
 
@@ -92,7 +94,7 @@ def main() -> None:
         result = {
             "learner": a.learner,
             "classes": learner.num_classes,
-            "environment": environment(),
+            "environment": environment(with_torch=True),
             "threads": a.threads,
             "export_seconds": export_s,
             "bundle_mb": total_mb,

@@ -24,17 +24,12 @@ from abd_edge.bundle_format import LEARNER_DIR
 from abd_edge.bundle_store import BundleStore
 from abd_edge.checkpoint import save_learner
 from abd_edge.errors import ConfigError
+from abd_edge.onnx_compat import parse_version
+from abd_edge.signing import sign_version
 
-from .onnx_export import (
-    DEFAULT_OPSET,
-    DeployedClassifier,
-    compare_int8,
-    export_classifier,
-    export_generator,
-    quantize_classifier_int8,
-    verification_images,
-    verify_parity,
-)
+from .onnx_export import DEFAULT_OPSET, DeployedClassifier, export_classifier, export_generator
+from .parity import dreamed_images, verification_images, verify_parity
+from .quantize import compare_int8, int8_verdict, quantize_classifier_int8
 
 if TYPE_CHECKING:
     from abd_edge.learner import Learner
@@ -58,6 +53,10 @@ def export_bundle(
     opset: int = DEFAULT_OPSET,
     verify_images: int = 64,
     summary: dict[str, Any] | None = None,
+    sign_key: Any = None,
+    serve_only: bool = False,
+    keep_optimizer: bool = False,
+    generator_onnx: bool = True,
 ) -> dict[str, Any]:
     """Export ``learner`` as a new version of the bundle at ``path``; return what was written.
 
@@ -65,6 +64,16 @@ def export_bundle(
     calibrated on dreamed images, never on stored data) next to the fp32 one.
     The returned dict has ``version``, ``parent_version``, ``bytes`` (all
     files), per-file sizes, the parity results and the manifest.
+    ``sign_key`` (a key file from ``abd-edge keygen``, or a key object)
+    signs the version (see :mod:`abd_edge.signing`). ``serve_only`` writes
+    what prediction needs and nothing else (classifier, int8 classifier,
+    manifest): no generator, no learner state, so a device can serve it but
+    not learn on it. The generator's Adam state (twice the generator's
+    size) stays out unless ``keep_optimizer``: a device update then starts
+    a fresh Adam, as the short recipe's ``keep_optimizer=False`` does.
+    ``generator_onnx=False`` carries the generator once, as weights for
+    updates, without ``generator.onnx`` (the paper generator is 32 MB per
+    copy); ``device.dream()`` then needs torch.
     """
     learner._require_fitted("export")
     if quantize not in (None, "int8"):
@@ -74,21 +83,26 @@ def export_bundle(
     start = time.perf_counter()
     with store.new_version() as staged:
         d = staged.path
-        cls_info = export_classifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w), d / CLASSIFIER, opset=opset)
+        labels = {"labels": [learner.registry.label_of(i) for i in range(learner.num_classes)],
+                  "class_names": [learner.registry.name_of(i) for i in range(learner.num_classes)]}
+        cls_info = export_classifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w), d / CLASSIFIER,
+                                     opset=opset, metadata=labels)
+        min_ort = [cls_info["min_onnxruntime"]]
         images = verification_images(learner, verify_images, seed=learner.tasks_learned)
         deployed = DeployedClassifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w))
         parity = {"classifier": verify_parity(deployed, d / CLASSIFIER, {"images": images})}
         gen_info = None
-        if learner.generator is not None:
+        if learner.generator is not None and not serve_only and generator_onnx:
             gen_info = export_generator(learner.generator, d / GENERATOR, opset=opset)
+            min_ort.append(gen_info["min_onnxruntime"])
             z = np.random.default_rng(learner.tasks_learned).standard_normal((16, learner.generator.zdim)).astype(np.float32)
             gen_copy = _eval_copy(learner.generator)
             parity["generator"] = verify_parity(gen_copy, d / GENERATOR, {"z": z}, output="images")
         quant = None
         if quantize == "int8":
-            quant = quantize_classifier_int8(d / CLASSIFIER, d / CLASSIFIER_INT8, images)
-            quant["agreement"] = compare_int8(d / CLASSIFIER, d / CLASSIFIER_INT8, images)
-        save_learner(learner, d / LEARNER_DIR)
+            quant = _int8(learner, d, verify_images, min_ort)
+        if not serve_only:
+            save_learner(learner, d / LEARNER_DIR, keep_optimizer=keep_optimizer)
         mean = learner.normalizer.mean.cpu().tolist()
         std = learner.normalizer.std.cpu().tolist()
         manifest = staged.write_manifest(
@@ -99,14 +113,21 @@ def export_bundle(
             outputs={"logits": "float32 (N, classes)", "probabilities": "float32 (N, classes), softmax of logits"},
             normalization={"mean": mean, "std": std},
             opset=opset,
-            generator=None if gen_info is None else {"zdim": gen_info["zdim"], "output": "float32 (N, C, H, W), normalised input space"},
+            ir_version=cls_info["ir_version"],
+            min_onnxruntime=max(min_ort, key=parse_version),
+            generator=None if learner.generator is None or serve_only else {
+                "zdim": learner.generator.zdim, "onnx": gen_info is not None,
+                "output": "float32 (N, C, H, W), normalised input space"},
             learner={"method": learner.config.method, "tasks_learned": learner.tasks_learned,
                      "config": learner.config.to_dict(), "history": [r.to_dict() for r in learner.history]},
             privacy={"ledger": list(getattr(learner, "privacy_ledger", []))},
             parity=parity,
             quantization=quant,
             summary=summary or {"update": "export", "n_classes": learner.num_classes},
+            serve_only=bool(serve_only),
         )
+        if sign_key is not None:
+            sign_version(d, manifest, sign_key)
     files = {name: entry["bytes"] for name, entry in manifest["files"].items()}
     info = {
         "version": staged.version,
@@ -121,6 +142,27 @@ def export_bundle(
     }
     log.info("bundle version %s written (%.1f MB, %.1f s)", staged.version, info["bytes"] / 2**20, info["seconds"])
     return info
+
+
+def _int8(learner: "Learner", d: Path, n: int, min_ort: list[str]) -> dict[str, Any]:
+    """Quantise on dreamed images; keep the int8 file only if it agrees with fp32 often enough."""
+    if learner.generator is None:
+        return {"included": False, "warning": "int8 classifier left out: no generator to dream calibration images with"}
+    calibration = dreamed_images(learner, n, seed=1000 + learner.tasks_learned)
+    quant = quantize_classifier_int8(d / CLASSIFIER, d / CLASSIFIER_INT8, calibration)
+    quant.pop("path")  # a staging path, meaningless once committed
+    held_out = dreamed_images(learner, n, seed=2000 + learner.tasks_learned)
+    quant["agreement"] = compare_int8(d / CLASSIFIER, d / CLASSIFIER_INT8, held_out)
+    quant["calibration"] = "dreamed images only"
+    warning = int8_verdict(quant["agreement"]["top1_agreement"])
+    quant["included"] = warning is None
+    if warning:
+        (d / CLASSIFIER_INT8).unlink()
+        quant["warning"] = warning
+        log.warning("%s", warning)
+    else:
+        min_ort.append(quant["min_onnxruntime"])
+    return quant
 
 
 def _eval_copy(module: torch.nn.Module) -> torch.nn.Module:

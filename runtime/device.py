@@ -23,7 +23,10 @@ from abd_edge.bundle_format import GENERATOR_ONNX as GENERATOR
 from abd_edge.bundle_format import LEARNER_DIR, fault_point
 from abd_edge.bundle_store import BundleStore
 from abd_edge.errors import BundleError, BundleIntegrityError, ConfigError, ImageSpecError, LabelError, NotFittedError
+from abd_edge.extras import require
+from abd_edge.onnx_compat import check_onnxruntime, open_session
 from abd_edge.resources import PeakRSS
+from abd_edge.signing import verify_version
 
 if TYPE_CHECKING:
     from abd_edge.export.quality import QualityGate
@@ -141,15 +144,13 @@ def _served_version(store: BundleStore, version: str, manifest: dict[str, Any], 
         raise BundleIntegrityError(f"the manifest of {where} has an unusable classes/input table: {type(e).__name__}: {e}") from None
     name = CLASSIFIER_INT8 if int8 else CLASSIFIER
     if name not in files:
-        raise BundleError(f"{where} has no {name}" + (" (export with quantize='int8')" if int8 else ""))
+        why = (manifest.get("quantization") or {}).get("warning") or "export with quantize='int8'"
+        raise BundleError(f"{where} has no {name}" + (f" ({why})" if int8 else ""))
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(str(store.version_dir(version) / name), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own non-public exception classes
-        raise BundleError(f"ONNX Runtime cannot load {name} of {where}: {type(e).__name__}: {e}") from None
+    session = open_session(store.version_dir(version) / name, opts, what=f"{name} of {where}")
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     if input_name not in inputs or not {"logits", "probabilities"} <= set(outputs):
@@ -215,7 +216,13 @@ class DeviceLearner:
         int8: bool = False,
         budget: DeviceBudget | None = None,
         quality: "QualityGate | None" = None,
+        trusted_keys: Sequence[Any] | None = None,
+        signing_key: Any = None,
     ) -> None:
+        # Signatures (abd_edge.signing): with trusted_keys, every version served must be signed by one of
+        # them; signing_key signs the versions this device makes itself (and is trusted for them).
+        self.signing_key = signing_key
+        self.trusted_keys = None if trusted_keys is None else [*trusted_keys, *([signing_key] if signing_key is not None else [])]
         self.store = BundleStore(path, keep_versions=keep_versions, lock_timeout_s=lock_timeout_s)
         self.threads = threads
         self.int8 = int8
@@ -230,7 +237,11 @@ class DeviceLearner:
 
     # -------------------------------------------------------------- loading
     def _load(self, version: str, manifest: dict[str, Any]) -> None:
-        # Build the new version completely, then publish it with one reference assignment.
+        # Signature and runtime-version checks first, then build the new version completely and
+        # publish it with one reference assignment (a concurrent predict sees the old or the new, never a mix).
+        if self.trusted_keys is not None:
+            verify_version(self.store.version_dir(version), manifest, self.trusted_keys)
+        check_onnxruntime(manifest.get("min_onnxruntime"), f"bundle version {version}")
         self._served = _served_version(self.store, version, manifest, int8=self.int8, threads=self.threads)
 
     def refresh(self) -> bool:
@@ -349,6 +360,9 @@ class DeviceLearner:
         floor, old classes not collapsed on dreamed images. A refused update
         raises UpdateRejectedError saying why and leaves the bundle as it was.
         """
+        require("torch", "onnx", "onnxscript", "safetensors", feature="a device update (learn_new_classes)")
+        if self.trusted_keys is not None and self.signing_key is None:
+            raise ConfigError("this device requires signed versions (trusted_keys) but has no signing_key to sign its update with")
         import torch  # the only place the runtime needs torch
 
         from abd_edge.checkpoint import load_learner
@@ -364,6 +378,11 @@ class DeviceLearner:
         start = time.perf_counter()
         with PeakRSS() as peak, self.store.lock():
             version, manifest = self.store.read()  # the current version under the lock (another device may have moved it)
+            if manifest.get("serve_only") or not any(f.startswith(LEARNER_DIR + "/") for f in manifest["files"]):
+                raise BundleError(
+                    f"bundle version {version} is serving-only (exported with serve_only / --serve-only): it has no "
+                    "learner state to update; deploy an updatable bundle to learn on the device"
+                )
             # store.read() has just hashed every file of this immutable version, learner/ included.
             learner = load_learner(self.store.version_dir(version) / LEARNER_DIR, device="cpu", hashes=False)
             cfg = learner.config
@@ -400,7 +419,8 @@ class DeviceLearner:
                 "privacy_spent": rep.privacy,
                 "quality": quality_checks,
             }
-            info = export_bundle(learner, self.store, summary=summary, quantize=quantize)
+            info = export_bundle(learner, self.store, summary=summary, quantize=quantize, sign_key=self.signing_key,
+                                 generator_onnx=GENERATOR in manifest["files"])  # keep the bundle's shape
             seconds_export = time.perf_counter() - t_export
             del learner
         self._load(info["version"], info["manifest"])  # verified by the commit, not hashed a third time
@@ -437,21 +457,28 @@ class DeviceLearner:
         """``n`` dreamed images (normalised space) from generator.onnx, with the classifier's labels for them."""
         served = self._served
         manifest = served.manifest
-        if GENERATOR not in manifest["files"]:
-            raise NotFittedError(f"bundle version {served.version} has no generator (its method trains none)")
+        if not manifest.get("generator"):
+            raise NotFittedError(f"bundle version {served.version} has no generator (its method trains none, or it is serving-only)")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"n must be an int >= 1, got {n!r}")
-        try:
-            gen = ort.InferenceSession(str(self.store.version_dir(served.version) / GENERATOR), providers=["CPUExecutionProvider"])
-            zdim = int(manifest["generator"]["zdim"])
-            z = np.random.default_rng(seed).standard_normal((n, zdim)).astype(np.float32)
-            images = gen.run(["images"], {"z": z})[0]
-        except Exception as e:  # onnxruntime's own exception classes
-            raise BundleIntegrityError(f"{GENERATOR} of bundle version {served.version} does not run as its manifest says: {e}") from None
         h, w, c = served.input_shape
+        vdir = self.store.version_dir(served.version)
+        if GENERATOR in manifest["files"]:
+            gen = open_session(vdir / GENERATOR, what=f"{GENERATOR} of bundle version {served.version}")
+            try:
+                zdim = int(manifest["generator"]["zdim"])
+                z = np.random.default_rng(seed).standard_normal((n, zdim)).astype(np.float32)
+                images = gen.run(["images"], {"z": z})[0]
+            except Exception as e:  # onnxruntime's own exception classes
+                raise BundleIntegrityError(f"{GENERATOR} of bundle version {served.version} does not run as its manifest says: {e}") from None
+        else:  # exported with generator_onnx=False: the generator travels once, as the learner's weights
+            require("torch", "safetensors", feature=f"dreaming from bundle version {served.version} (it has no {GENERATOR})")
+            from abd_edge.checkpoint import load_learner
+
+            images = load_learner(vdir / LEARNER_DIR, device="cpu").dream(n, seed=seed)[0].numpy()
         if images.shape != (n, c, h, w):
             raise BundleIntegrityError(
-                f"{GENERATOR} of bundle version {served.version} makes images shaped {images.shape}, expected {(n, c, h, w)}"
+                f"the generator of bundle version {served.version} makes images shaped {images.shape}, expected {(n, c, h, w)}"
             )
         pixels = to_pixels(images, manifest["normalization"]["mean"], manifest["normalization"]["std"])
         probs = self._run(served, "probabilities", pixels, 256)

@@ -47,3 +47,13 @@ def cifar10_npz() -> Path:
     if not p.is_file():
         pytest.skip(f"{p} not present")
     return p
+
+
+def fitted_learner(method: str = "abd"):
+    """A tiny learner that has learned classes 0 ("zero") and 1 ("one"); returns (learner, images, labels)."""
+    from abd_edge import Learner
+
+    learner = Learner(tiny_config(method))
+    x, y = make_task([0, 1])
+    learner.learn_new_classes((x, y), class_names={0: "zero", 1: "one"})
+    return learner, x, y

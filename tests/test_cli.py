@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from conftest import REPO
+from abd_edge import __version__
+from abd_edge.cli import build_parser
+from conftest import REPO, make_task
 
 
 def cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
@@ -30,7 +33,7 @@ def test_bench_digits_writes_json_and_png(tmp_path):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["version"] == "v000001"
     res = cli("info", str(tmp_path / "bundle" / "versions" / "v000001"))
-    assert res.returncode == 0 and '"kind": "bundle"' in res.stdout
+    assert res.returncode == 0 and json.loads(res.stdout)["kind"] == "bundle version"
 
 
 def test_bench_report_merges(tmp_path):
@@ -78,3 +81,109 @@ def test_simulate_tiny(tmp_path):
 def test_cli_reports_errors_cleanly(tmp_path):
     res = cli("bench", "--dataset", "cifar10", "--data-root", str(tmp_path / "nope"))
     assert res.returncode == 2 and "DatasetError" in res.stderr and "nope" in res.stderr
+
+
+# ---------------------------------------------------------------- defects of issue 7, one test each
+
+
+def test_version_and_python_dash_m():
+    res = subprocess.run([sys.executable, "-m", "abd_edge", "--version"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0 and res.stdout.strip() == f"abd-edge {__version__}"
+
+
+def test_verbose_before_or_after_the_subcommand():
+    p = build_parser()
+    assert p.parse_args(["-v", "info"]).verbose and p.parse_args(["info", "-v"]).verbose
+    assert p.parse_args(["info", "--verbose"]).verbose and not p.parse_args(["info"]).verbose
+
+
+def test_dream_iterations_spelled_one_way_old_spelling_hidden():
+    p = build_parser()
+    for cmd in (["bench"], ["learn", "d", "--learner", "l"], ["simulate"]):
+        assert p.parse_args([*cmd, "--dream-iterations", "7"]).dream_iterations == 7
+        assert p.parse_args([*cmd, "--dream-iters", "7"]).dream_iterations == 7  # hidden alias
+    assert p.parse_args(["simulate", "--server-dream-iters", "3"]).server_dream_iterations == 3
+    helps = {name: sp.format_help() for name, sp in p._subparsers._group_actions[0].choices.items()}
+    assert all("--dream-iters " not in h and "--dream-iters\n" not in h for h in helps.values())
+    assert "--dream-iterations" in helps["bench"] and "--server-dream-iterations" in helps["simulate"]
+    # help texts show defaults and examples
+    assert "(default: 5)" in helps["bench"] and "examples:" in helps["bench"] and "examples:" in helps["info"]
+
+
+@pytest.mark.parametrize("bad", [["--epochs", "0"], ["--tasks", "0"], ["--dream-iterations", "-1"], ["--tasks", "x"]])
+def test_bench_rejects_bad_counts(tmp_path, bad):
+    """--epochs 0 used to run 12 epochs (recording 0); --tasks 0 ended in ZeroDivisionError."""
+    out = tmp_path / "r.json"
+    res = cli("bench", "--dataset", "digits", *bad, "--out", str(out))
+    assert res.returncode == 2 and bad[0] in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_bench_report_on_missing_or_bad_file(tmp_path):
+    res = cli("bench-report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "all.json"))
+    assert res.returncode == 2 and "missing.json does not exist" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    res = cli("bench-report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "all.json"))
+    assert res.returncode == 2 and "not valid JSON" in res.stderr
+    assert not (tmp_path / "all.json").exists()
+
+
+def test_diverging_run_is_a_clean_error(tmp_path):
+    res = cli("bench", "--dataset", "digits", "--tasks", "5", "--max-tasks", "1", "--method", "finetune", "--epochs", "1",
+              "--set", "first_task.lr=1e30", "--quiet", "--no-plot", "--out", str(tmp_path / "r.json"))
+    assert res.returncode == 3 and "training diverged" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def npz_tasks(tmp_path_factory):
+    d = tmp_path_factory.mktemp("npz")
+    for name, labels, seed in (("t1", [0, 1], 0), ("t2", [2, 3], 1), ("test", [0, 1, 2, 3], 2)):
+        x, y = make_task(labels, n_per_class=10, seed=seed)
+        np.savez(d / f"{name}.npz", images=x.numpy(), labels=np.array(y))
+    return d
+
+
+def test_learn_eval_json_and_flags_on_an_existing_learner(npz_tasks, tmp_path):
+    learner = tmp_path / "learner"
+    res = cli("learn", str(npz_tasks / "t1.npz"), "--learner", str(learner), "--epochs", "1", "--dream-iterations", "1",
+              "--eval", str(npz_tasks / "t1.npz"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)  # one JSON document, nothing after it
+    assert 0 <= doc["eval"]["accuracy"] <= 1 and doc["config"] == {"method": "abd", "epochs": 1, "dream_iterations": 1}
+    # --recipe/--seed cannot change an existing learner: a clear error, the learner untouched
+    before = (learner / "manifest.json").read_bytes()
+    res = cli("learn", str(npz_tasks / "t2.npz"), "--learner", str(learner), "--recipe", "paper")
+    assert res.returncode == 2 and "--recipe" in res.stderr and "already holds one" in res.stderr
+    assert (learner / "manifest.json").read_bytes() == before
+    # --method/--epochs/--dream-iterations apply to the next task (they used to be ignored silently)
+    res = cli("learn", str(npz_tasks / "t2.npz"), "--learner", str(learner), "--method", "finetune", "--epochs", "2",
+              "--dream-iterations", "0", "--quiet")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["config"] == {"method": "finetune", "epochs": 2, "dream_iterations": 0}
+    assert doc["labels_added"] == [2, 3]
+
+
+def test_info_on_root_version_and_learner_without_torch(npz_tasks, tmp_path):
+    learner, bundle = tmp_path / "learner", tmp_path / "bundle"
+    assert cli("learn", str(npz_tasks / "t1.npz"), "--learner", str(learner), "--epochs", "1", "--dream-iterations", "1",
+               "--quiet").returncode == 0
+    assert cli("keygen", str(tmp_path / "key")).returncode == 0
+    res = cli("export", str(learner), str(bundle), "--sign-key", str(tmp_path / "key"))
+    assert res.returncode == 0 and json.loads(res.stdout)["signed"] is True, res.stderr
+    block = "import sys\nsys.modules['torch'] = None\nfrom abd_edge.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    docs = {}
+    for name, path in (("root", bundle), ("version", bundle / "versions" / "v000001"), ("learner", learner)):
+        res = subprocess.run([sys.executable, "-c", block, "info", str(path)], capture_output=True, text=True, cwd=REPO)
+        assert res.returncode == 0, res.stderr
+        docs[name] = json.loads(res.stdout)
+    root = docs["root"]
+    assert root["kind"] == "bundle" and root["current_version"] == "v000001" and len(root["versions"]) == 1
+    cur = root["current"]
+    assert [c["label"] for c in cur["classes"]] == [0, 1] and cur["sizes"]["total_bytes"] > 0
+    assert cur["signature"]["valid"] is True and cur["privacy"] == {"ledger": []} and cur["min_onnxruntime"] == "1.14"
+    assert len(cur["history"]) == 1
+    assert docs["version"]["version"] == "v000001"
+    assert docs["learner"]["kind"] == "learner" and docs["learner"]["tasks_learned"] == 1
+    res = cli("info", str(tmp_path / "nothing"))
+    assert res.returncode == 2 and "does not exist" in res.stderr

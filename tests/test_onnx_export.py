@@ -20,7 +20,8 @@ import torch
 
 from abd_edge.engine import Normalizer
 from abd_edge.errors import ConfigError, ExportError, ImageSpecError
-from abd_edge.export import onnx_export as ox
+import abd_edge.export as ox
+from abd_edge.export import onnx_export, onnx_io
 from abd_edge.models import build_backbone, build_generator
 
 from conftest import REPO, make_task, tiny_config
@@ -215,21 +216,21 @@ def test_interrupt_at_fault_point_leaves_no_file(tmp_path, monkeypatch):
         if name == "export_mid_write":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ox, "fault_point", crash)
+    monkeypatch.setattr(onnx_io, "fault_point", crash)
     written = []
     fresh = tmp_path / "fresh.onnx"
     with pytest.raises(KeyboardInterrupt):
-        ox._atomic_write(fresh, lambda tmp: written.append(tmp.write_bytes(b"model")), lambda tmp: None)
+        onnx_io.atomic_write(fresh, lambda tmp: written.append(tmp.write_bytes(b"model")), lambda tmp: None)
     assert written == [5] and not fresh.exists() and os.listdir(tmp_path) == []
     monkeypatch.undo()
-    ox._atomic_write(fresh, lambda tmp: tmp.write_bytes(b"model"), lambda tmp: None)  # no fault: committed
+    onnx_io.atomic_write(fresh, lambda tmp: tmp.write_bytes(b"model"), lambda tmp: None)  # no fault: committed
     assert fresh.read_bytes() == b"model" and os.listdir(tmp_path) == ["fresh.onnx"]
 
     def reject(tmp):
         raise ExportError("checker said no")
 
     with pytest.raises(ExportError, match="checker said no"):
-        ox._atomic_write(fresh, lambda tmp: tmp.write_bytes(b"bad"), reject)
+        onnx_io.atomic_write(fresh, lambda tmp: tmp.write_bytes(b"bad"), reject)
     assert fresh.read_bytes() == b"model" and os.listdir(tmp_path) == ["fresh.onnx"]
 
 
@@ -238,7 +239,7 @@ def test_killed_mid_write_leaves_no_file(tmp_path):
     target = tmp_path / "gen.onnx"
     code = textwrap.dedent(
         f"""
-        from abd_edge.export import onnx_export as ox
+        import abd_edge.export as ox
         from abd_edge.models import build_generator
         ox.export_generator(build_generator("abd_compact", 8, 1), {str(target)!r})
         """
@@ -276,14 +277,19 @@ def test_int8_rejects_bad_calibration(exported, tmp_path):
 
 
 def test_latency_helpers(exported):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import latency  # benchmarks/latency.py: a measurement tool, not part of the SDK
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
     wrapper = ox.DeployedClassifier.from_learner(exported["learner"])
     threads = torch.get_num_threads()
-    o = ox.onnx_latency(exported["cls"]["path"], 2, (8, 8, 1), threads=1, repeats=3, warmup=1)
-    t = ox.torch_latency(wrapper, 2, (8, 8, 1), threads=1, repeats=3, warmup=1)
+    o = latency.onnx_latency(exported["cls"]["path"], 2, (8, 8, 1), threads=1, repeats=3, warmup=1)
+    t = latency.torch_latency(wrapper, 2, (8, 8, 1), threads=1, repeats=3, warmup=1)
     assert torch.get_num_threads() == threads
     for r in (o, t):
         assert r["median_ms"] > 0 and r["images_per_s"] > 0 and r["batch_size"] == 2 and r["repeats"] == 3
-    g = ox.onnx_latency(exported["gen"]["path"], 1, (1000,), repeats=2, warmup=0)
+    g = latency.onnx_latency(exported["gen"]["path"], 1, (1000,), repeats=2, warmup=0)
     assert g["median_ms"] > 0
 
 
@@ -341,7 +347,7 @@ def test_parity_tolerance_scales_with_huge_outputs(tmp_path):
             return x * self.factor + self.bump
 
     p = tmp_path / "s.onnx"
-    ox._export_module(Scale(1.0).eval(), (torch.zeros(2, 2),), ["x"], ["logits"], p, ox.DEFAULT_OPSET)
+    onnx_export._export_module(Scale(1.0).eval(), (torch.zeros(2, 2),), ["x"], ["logits"], p, onnx_export.DEFAULT_OPSET)
     big = np.array([[1e5, 1.0]], np.float32)
     # torch output shifted by 0.05 on a row whose largest value is 1e5: 0.05 <= 1e-4 + 1e-6 * 1e5
     assert ox.verify_parity(Scale(1.0, bump=0.05), p, {"x": big})["max_abs_diff"] == pytest.approx(0.05, rel=1e-3)

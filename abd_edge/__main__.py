@@ -1,0 +1,7 @@
+"""``python -m abd_edge``: the same as the ``abd-edge`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
