@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from abd_edge import runtime
-from abd_edge.errors import BundleSignatureError, ConfigError
+from abd_edge.export.quality import QualityGate
+from abd_edge.errors import BundleIntegrityError, BundleSignatureError, ConfigError
 from abd_edge.export import export_bundle
 from abd_edge.signing import SIGNATURE, generate_key, load_public_key, manifest_digest, sign_version, verify_version
 from conftest import fitted_learner, make_task
@@ -76,11 +77,17 @@ def test_unsigned_or_wrong_signer_is_refused(signed_source, signed, keys):
 
 
 def test_rewritten_manifest_is_refused(signed, keys):
-    """An attacker who edits a file and fixes the manifest's hashes still fails the signature."""
+    """An attacker who edits the manifest and fixes its digest still fails the signature."""
+    from abd_edge.bundle_format import MANIFEST_DIGEST, manifest_digest
+
     vdir = signed / "versions" / "v000001"
     manifest = json.loads((vdir / "manifest.json").read_text())
     manifest["classes"][0]["name"] = "forged"
     (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    with pytest.raises(BundleIntegrityError, match="does not match its digest"):
+        runtime.open(signed)  # the digest alone catches a careless edit
+    (vdir / MANIFEST_DIGEST).write_text(manifest_digest(manifest) + "\n")
+    runtime.open(signed)  # integrity is not authenticity: without trusted keys the forgery opens
     with pytest.raises(BundleSignatureError, match="does not match its manifest"):
         runtime.open(signed, trusted_keys=[keys["server"]["public_key"]])
     # ... and re-signing with a key of their own makes it the wrong signer
@@ -97,7 +104,8 @@ def test_device_signs_its_own_update(signed, keys):
     with pytest.raises(ConfigError, match="no signing_key"):
         unsigned_device.learn_new_classes((frames, y))
     assert unsigned_device.store.versions() == ["v000001"]  # refused before any work
-    dev = runtime.open(signed, trusted_keys=[server_pub], signing_key=keys["device"]["private_key"], budget=FAST)
+    dev = runtime.open(signed, trusted_keys=[server_pub], signing_key=keys["device"]["private_key"], budget=FAST,
+                       quality=QualityGate(enabled=False))  # a 2-iteration update is not what this test judges
     rep = dev.learn_new_classes((frames, y))
     vdir = signed / "versions" / rep.version
     manifest = json.loads((vdir / "manifest.json").read_text())
