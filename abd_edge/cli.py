@@ -379,13 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except AbdEdgeError as e:
-        print(f"abd-edge: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:  # the engine's divergence check (a loss became NaN or inf)
+    except FloatingPointError as e:  # the engine's divergence check (TrainingDivergedError is one too): exit 3
         print(f"abd-edge: error: training diverged ({e}); try a lower learning rate (--set later_tasks.lr=...) "
               "or a smaller batch", file=sys.stderr)
         return 3
+    except AbdEdgeError as e:
+        print(f"abd-edge: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("abd-edge: interrupted", file=sys.stderr)
         return 130

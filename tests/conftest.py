@@ -57,3 +57,19 @@ def fitted_learner(method: str = "abd"):
     x, y = make_task([0, 1])
     learner.learn_new_classes((x, y), class_names={0: "zero", 1: "one"})
     return learner, x, y
+
+
+def rewrite_manifest(version_dir, manifest) -> None:
+    """Write an edited manifest with a matching digest, as a legitimate (older or newer) writer would.
+
+    Tests that check what the reader does with a manifest's *content* need
+    it past the digest check, which otherwise refuses any edit first.
+    """
+    import json as _json
+    from pathlib import Path as _Path
+
+    from abd_edge.bundle_format import MANIFEST, MANIFEST_DIGEST, manifest_digest
+
+    d = _Path(version_dir)
+    (d / MANIFEST).write_text(_json.dumps(manifest))
+    (d / MANIFEST_DIGEST).write_text(manifest_digest(manifest) + "\n")
