@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -317,6 +318,8 @@ def verify_files(directory: Path, files: dict[str, Any], *, hashes: bool = True)
 # ---------------------------------------------------------------- saving a directory in place
 
 STAGING_INFIX = ".tmp-"
+#: safetensors writes ``.tmpXXXXXX`` and renames it: a kill mid-write leaves one in a staging directory.
+_WRITER_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 
 def _staging_prefix(target: Path) -> str:
@@ -382,7 +385,8 @@ def _remove_owned(directory: Path, kind: str) -> bool:
     checked) is left in place with a warning, never deleted.
     """
     owned = owned_entries(directory, kind) or set()
-    for name in owned:
+    # The manifest goes last: it is what tells a resumed removal (after a crash here) which entries are ours.
+    for name in sorted(owned - {MANIFEST}) + [MANIFEST]:
         p = directory / name
         try:
             if p.is_dir() and not p.is_symlink():
@@ -425,7 +429,10 @@ def clean_staging(target: str | os.PathLike[str], names: Iterable[str]) -> list[
             except OSError:
                 continue  # a save is writing it right now
             inside = list(os.scandir(e.path))
-            if any(x.name not in allowed or not x.is_file(follow_symlinks=False) for x in inside):
+            if any(
+                (x.name not in allowed and not _WRITER_TEMP.fullmatch(x.name)) or not x.is_file(follow_symlinks=False)
+                for x in inside
+            ):
                 continue
             for x in inside:
                 os.unlink(x.path)

@@ -114,6 +114,7 @@ def test_staging_leftovers_are_cleaned_on_next_save_and_load(trained, tmp_path):
         return p
 
     a = leftover(".l.tmp-killed1")
+    (a / ".tmpAb12Cd").write_bytes(b"half of a safetensors file")  # killed inside safetensors' own temp-and-rename
     foreign = leftover(".l.tmp-killed2", extra="holiday.jpg")
     trained.save(d)
     assert not a.exists()
