@@ -12,11 +12,13 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 
+from .auto_config import resolved_settings, settle_for_call, settle_for_data
 from .config import LearnerConfig
 from .data.adapters import as_labeled_images, images_to_tensor
 from .data.augment import BatchAugment, to_unit_float
 from .data.images import LabeledImages
 from .dreaming import AutocastSpec, DreamReport, ReplaySampler, train_generator
+from .grad_clip import GlobalNormClip
 from .engine import Normalizer, TrainResult, predict_logits, train_task, weight_align
 from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
 from .methods import TaskContext, build_method
@@ -90,6 +92,7 @@ class LearnReport:
     stopped_early: bool = False
     head_align_factor: float | None = None
     privacy: dict[str, Any] | None = None
+    data_settings: dict[str, Any] | None = None  # data-dependent settings this call used, auto or explicit
 
     @property
     def dream_seconds_per_iteration(self) -> float:
@@ -294,9 +297,14 @@ class Learner:
         ``dream=False`` skips generator training (a final task needs none).
         ``time_budget_s`` caps training plus dreaming; the report says if it cut in.
         """
-        cfg = self.config
         data: LabeledImages = as_labeled_images(dataset)
         st = self._state
+        # Data-aware defaults (auto_config.py): the shape-dependent "auto" settings are settled at
+        # the first task and kept in the config (saved with the learner); batch sizes per call.
+        settled = self.config
+        if st.model is None or not settled.augment.is_resolved:
+            settled = settle_for_data(settled, data.image_shape, len(data))
+        cfg, per_call = settle_for_call(settled, len(data))
         self._check_images(data.images, st.input_shape)
         new_labels = data.unique_labels()
         names = self._resolve_names(new_labels, class_names, data.class_names)
@@ -354,11 +362,12 @@ class Learner:
                     memory_format=self._memory_format, autocast=self._autocast,
                 )
             log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
-            result: TrainResult = train_task(
-                model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
-                replay=replay, memory_format=self._memory_format, autocast=self._autocast,
-                show_progress=show_progress, deadline=deadline,
-            )
+            with GlobalNormClip(model.parameters(), tcfg.grad_clip_norm):
+                result: TrainResult = train_task(
+                    model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
+                    replay=replay, memory_format=self._memory_format, autocast=self._autocast,
+                    show_progress=show_progress, deadline=deadline,
+                )
             del replay
             align = None
             if not first and cfg.head_balance == "weight_align":
@@ -394,12 +403,14 @@ class Learner:
             dream_losses=dream_report.last,
             stopped_early=stopped,
             head_align_factor=align,
+            data_settings=resolved_settings(cfg, per_call),
         )
         # Commit: swap in the new state as a whole.
         self._state = _State(
             registry=registry, model=model, generator=gen, generator_opt=gen_opt,
             normalizer=normalizer, input_shape=(c, h, w), tasks_learned=task_index + 1,
         )
+        self.config = settled
         self.history.append(report)
         return report
 
