@@ -174,6 +174,9 @@ class LearnerConfig:
     # {"image_shape": [C, H, W], "n_images": N, "settings": {dotted key: value}}.
     # Filled by the learner, saved with it, reused by every later call.
     data_settings: dict[str, Any] = field(default_factory=dict)
+    # An update that classifies fewer of its own training images correctly than this did not learn its
+    # new classes: LearnReport.learned_new_classes is False and a NewClassesNotLearnedWarning is raised.
+    new_class_accuracy_floor: float = 0.5
 
     def __post_init__(self) -> None:
         if _is_auto(self.augment):
@@ -187,6 +190,8 @@ class LearnerConfig:
             raise ConfigError(f"augment must be an AugmentConfig or 'auto', got {self.augment!r}")
         if not isinstance(self.data_settings, dict):
             raise ConfigError(f"data_settings must be a dict, got {type(self.data_settings).__name__}")
+        if not 0.0 <= self.new_class_accuracy_floor <= 1.0:
+            raise ConfigError(f"new_class_accuracy_floor must be in [0, 1], got {self.new_class_accuracy_floor}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
         if self.max_classes < 1:
