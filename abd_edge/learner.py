@@ -15,7 +15,7 @@ import torch
 
 from .auto_config import resolved_settings, settle_for_call, settle_for_data
 from .config import LearnerConfig
-from .data.adapters import as_labeled_images, images_to_tensor
+from .data.adapters import as_labeled_images, images_to_tensor, with_batch_axis
 from .data.augment import BatchAugment, to_unit_float
 from .data.images import LabeledImages
 from .dreaming import AutocastSpec, DreamReport, ReplaySampler, measure_diversity, train_generator
@@ -484,9 +484,7 @@ class Learner:
         if isinstance(images, LabeledImages):
             x = images.images
         else:
-            if hasattr(images, "shape") and tuple(images.shape) == shape:
-                images = images[None]  # one (C, H, W) image
-            x = images_to_tensor(images)
+            x = images_to_tensor(with_batch_axis(images, shape))
         self._check_images(x, shape)
         return x
 
