@@ -202,6 +202,8 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
         "replay_images_per_second": sum(replay_ips) / len(replay_ips) if replay_ips else None,
         "dream_seconds_per_iteration": sum(dream_spi) / len(dream_spi) if dream_spi else None,
         "peak_memory_mb": peak_memory_mb(learner.device),
+        # after each dreaming: the smallest share of dreams any seen class gets (uniform is 1/K); details in reports
+        "dream_min_fraction": [r["dream_diversity"]["min_fraction"] for r in reports if r.get("dream_diversity")],
         "device": str(learner.device),
         "reports": reports,
     }
