@@ -26,14 +26,15 @@ from abd_edge.data.augment import to_unit_float
 from abd_edge.dreaming import measure_diversity
 
 
-def grid(learner: Learner, n: int, per_class: int, path: Path) -> None:
+@torch.no_grad()
+def grid(learner: Learner, k: int, n: int, per_class: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x, labels = learner.dream(n, seed=0)
-    k = learner.num_classes
+    x, _ = learner.dream(n, seed=0)
+    labels = learner.model.eval()(x)[:, :k].argmax(1)
     fig, axes = plt.subplots(k, per_class, figsize=(per_class * 0.8, k * 0.8))
     for c in range(k):
         picked = x[labels == c][:per_class]
@@ -71,11 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         part = test.select_labels(seen)
         x = learner.normalizer(to_unit_float(part.images))
         y = torch.tensor(learner.registry.indices_of(part.labels))
-        d = measure_diversity(learner.generator, learner.model, learner.num_classes, torch.Generator().manual_seed(0),
-                              n=args.n, real_images=x, real_labels=y).to_dict()
+        # The generator stands for the classes seen at its last dreaming (a final task dreams none):
+        # measure over those, the old classes of the next update.
+        k_gen = max((r.class_indices[-1] + 1 for r in learner.history if r.dream_iterations), default=learner.num_classes)
+        keep = y < k_gen
+        d = measure_diversity(learner.generator, learner.model, k_gen, torch.Generator().manual_seed(0),
+                              n=args.n, real_images=x[keep], real_labels=y[keep]).to_dict()
         png = args.out.with_name(f"{args.out.stem}-{name}.png")
-        grid(learner, args.n, 10, png)
-        results[name] = {"learner": directory, "classes": learner.class_names, "config": learner.config.to_dict(),
+        grid(learner, k_gen, args.n, 10, png)
+        results[name] = {"learner": directory, "classes": learner.class_names[:k_gen], "config": learner.config.to_dict(),
                          "diversity": d, "grid": png.name}
         print(f"{name:>8}: shares {[round(100 * f, 1) for f in d['class_fractions']]} % (uniform "
               f"{100 * d['uniform_fraction']:.1f}), min {100 * d['min_fraction']:.1f}%, "
