@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from .config import METHODS, AugmentConfig, LearnerConfig
+from . import __version__
+from .config import METHODS, LearnerConfig
 from .data import LabeledImages, class_order, load_cifar10_jpeg, load_cifar_python, load_digits, load_image_folder, split_tasks
 from .errors import ConfigError, DatasetError
 from .metrics import AccuracyMatrix
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder")
 UPPER_BOUND = "upper_bound"
-CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
@@ -115,16 +115,9 @@ def learner_config(spec: BenchSpec, method: str) -> LearnerConfig:
         cfg.generator = spec.generator
     if spec.replay_pool is not None:
         cfg.replay_pool_batches = spec.replay_pool
-    if ds == "digits":
-        # 8x8 digits: a 4-pixel pad would erase them, flips change their meaning, and a
-        # smaller batch gives the few hundred images per task enough SGD steps.
-        cfg.augment = AugmentConfig(crop_padding=1, flip=False, brightness=0.0, contrast=0.0)
-        for t in (cfg.first_task, cfg.later_tasks):
-            t.batch_size = 32
-        cfg.dream.batch_size = 64
-    if ds == "cifar10":
-        cfg.mean, cfg.std = CIFAR10_STATS
-    elif ds == "cifar100":
+    # Augmentation, batch sizes and gradient clipping are the Learner's own data-aware defaults
+    # (auto_config.py); only the paper's CIFAR-100 protocol fixes its normalisation statistics.
+    if ds == "cifar100":
         cfg.mean, cfg.std = CIFAR100_STATS
     if spec.batch_size is not None:
         for t in (cfg.first_task, cfg.later_tasks):
@@ -207,6 +200,8 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
         "replay_images_per_second": sum(replay_ips) / len(replay_ips) if replay_ips else None,
         "dream_seconds_per_iteration": sum(dream_spi) / len(dream_spi) if dream_spi else None,
         "peak_memory_mb": peak_memory_mb(learner.device),
+        # after each dreaming: the smallest share of dreams any seen class gets (uniform is 1/K); details in reports
+        "dream_min_fraction": [r["dream_diversity"]["min_fraction"] for r in reports if r.get("dream_diversity")],
         "device": str(learner.device),
         "reports": reports,
     }

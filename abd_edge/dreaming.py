@@ -305,3 +305,95 @@ class ReplaySampler:
         self._cursor += n
         p = self._pool
         return ReplayBatch(p.images[idx], p.labels[idx], p.old_logits[idx], p.old_features[idx])
+
+
+# --------------------------------------------------------------- diversity
+@dataclass
+class DreamDiversity:
+    """How well a generator's dreams stand for the classes it was trained on.
+
+    ``class_fractions[k]``: share of dreamed images the classifier predicts
+    as class k (uniform is 1/K). ``spread_ratio[k]``: mean distance of the
+    penultimate features of dreams predicted as k to their centroid, divided
+    by the same for real images of k (1 = as varied as real data, near 0 =
+    one image dreamed over and over); only classes with real images at hand
+    and at least two dreams predicted as them get one.
+    """
+
+    n_dreamed: int
+    class_fractions: list[float]
+    min_fraction: float
+    normalized_entropy: float  # H(class_fractions) / log K: 1 = uniform
+    spread_ratio: dict[int, float]
+    mean_spread_ratio: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "n_dreamed": self.n_dreamed,
+            "class_fractions": self.class_fractions,
+            "min_fraction": self.min_fraction,
+            "uniform_fraction": 1.0 / max(1, len(self.class_fractions)),
+            "normalized_entropy": self.normalized_entropy,
+            "spread_ratio": {str(k): v for k, v in self.spread_ratio.items()},
+            "mean_spread_ratio": self.mean_spread_ratio,
+        }
+
+
+def _spread(features: torch.Tensor) -> float:
+    return float((features - features.mean(dim=0, keepdim=True)).norm(dim=1).mean())
+
+
+@torch.no_grad()
+def measure_diversity(
+    generator: Generator,
+    classifier: nn.Module,
+    n_classes: int,
+    rng: torch.Generator,
+    *,
+    n: int = 512,
+    real_images: torch.Tensor | None = None,
+    real_labels: torch.Tensor | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    batch_size: int = 256,
+) -> DreamDiversity:
+    """Dream ``n`` images and compare what the classifier sees in them with uniform classes and real spread.
+
+    ``real_images`` are normalised inputs with class indices ``real_labels``
+    (the call's own training images: the only real ones a data-free learner
+    ever holds). Both models are left in the modes they came in.
+    """
+    g_mode, c_mode = generator.training, classifier.training
+    generator.eval()
+    classifier.eval()
+    try:
+        preds, feats = [], []
+        for s in range(0, n, batch_size):
+            x = generator(generator.sample_latent(min(batch_size, n - s), rng))
+            logits, f = classifier.forward_features(x.contiguous(memory_format=memory_format))  # type: ignore[operator]
+            preds.append(logits[:, :n_classes].float().argmax(1))
+            feats.append(f.float())
+        pred, feat = torch.cat(preds), torch.cat(feats)
+        fractions = torch.bincount(pred, minlength=n_classes).float() / n
+        nz = fractions[fractions > 0]
+        entropy = float(-(nz * nz.log()).sum() / math.log(n_classes)) if n_classes > 1 else 1.0
+        spread: dict[int, float] = {}
+        if real_images is not None and real_labels is not None:
+            real_feats = torch.cat([
+                classifier.forward_features(real_images[s : s + batch_size].contiguous(memory_format=memory_format))[1].float()  # type: ignore[operator]
+                for s in range(0, real_images.shape[0], batch_size)
+            ])
+            for k in sorted(set(real_labels.tolist())):
+                dreamed_k, real_k = feat[pred == k], real_feats[real_labels == k]
+                if dreamed_k.shape[0] >= 2 and real_k.shape[0] >= 2:
+                    spread[int(k)] = _spread(dreamed_k) / max(_spread(real_k), 1e-12)
+    finally:
+        generator.train(g_mode)
+        classifier.train(c_mode)
+    return DreamDiversity(
+        n_dreamed=n,
+        class_fractions=[float(v) for v in fractions],
+        min_fraction=float(fractions.min()),
+        normalized_entropy=entropy,
+        spread_ratio=spread,
+        mean_spread_ratio=sum(spread.values()) / len(spread) if spread else None,
+    )

@@ -7,19 +7,22 @@ import dataclasses
 import functools
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 
+from .auto_config import resolved_settings, settle_for_call, settle_for_data
 from .config import LearnerConfig
-from .data.adapters import as_labeled_images, images_to_tensor
+from .data.adapters import as_labeled_images, images_to_tensor, with_batch_axis
 from .data.augment import BatchAugment, to_unit_float
 from .data.images import LabeledImages
-from .dreaming import AutocastSpec, DreamReport, ReplaySampler, train_generator
+from .dreaming import AutocastSpec, DreamReport, ReplaySampler, measure_diversity, train_generator
 from .engine import Normalizer, TrainResult, predict_logits, train_task, weight_align
 from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
+from .grad_clip import GlobalNormClip
 from .methods import TaskContext, build_method
 from .models import build_backbone, build_generator
 from .models.generator import Generator
@@ -113,6 +116,11 @@ class LearnReport:
     stopped_early: bool = False
     head_align_factor: float | None = None
     privacy: dict[str, Any] | None = None
+    data_settings: dict[str, Any] | None = None  # data-dependent settings this call used, auto or explicit
+    # False when the model, after this call, classifies fewer than config.new_class_accuracy_floor of the
+    # call's own training images correctly: the update did not learn its new classes (a warning is raised too).
+    learned_new_classes: bool | None = None
+    dream_diversity: dict[str, Any] | None = None  # dreaming.DreamDiversity.to_dict() after this call's dreaming
 
     @property
     def dream_seconds_per_iteration(self) -> float:
@@ -127,6 +135,26 @@ class LearnReport:
     def from_dict(cls, d: Mapping[str, Any]) -> "LearnReport":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class NewClassesNotLearnedWarning(UserWarning):
+    """An update ended without learning its new classes on its own training data."""
+
+
+def _warn_about(report: LearnReport, floor: float) -> None:
+    """Say loudly what a report shows went wrong; the call itself still succeeded."""
+    if report.learned_new_classes is False:
+        msg = (f"task {report.task_index + 1} did not learn its new classes {report.names_added}: after training, "
+               f"only {100 * report.train_accuracy:.1f}% of its own training images are classified correctly "
+               f"(floor {100 * floor:.0f}%, config.new_class_accuracy_floor); its predictions for these classes "
+               "will be mostly wrong")
+        log.warning(msg)
+        warnings.warn(msg, NewClassesNotLearnedWarning, stacklevel=3)
+    div = report.dream_diversity
+    if div and div["class_fractions"] and div["min_fraction"] < 0.25 * div["uniform_fraction"]:
+        rare = [i for i, f in enumerate(div["class_fractions"]) if f < 0.25 * div["uniform_fraction"]]
+        log.warning("dreams under-represent class indices %s (under a quarter of the uniform share %.1f%%); "
+                    "the next update will replay little of them", rare, 100 * div["uniform_fraction"])
 
 
 @dataclass
@@ -318,9 +346,14 @@ class Learner:
         ``dream=False`` skips generator training (a final task needs none).
         ``time_budget_s`` caps training plus dreaming; the report says if it cut in.
         """
-        cfg = self.config
         data: LabeledImages = as_labeled_images(dataset)
         st = self._state
+        # Data-aware defaults (auto_config.py): the shape-dependent "auto" settings are settled at
+        # the first task and kept in the config (saved with the learner); batch sizes per call.
+        settled = self.config
+        if st.model is None or not settled.augment.is_resolved:
+            settled = settle_for_data(settled, data.image_shape, len(data))
+        cfg, per_call = settle_for_call(settled, len(data))
         self._check_images(data.images, st.input_shape)
         new_labels = data.unique_labels()
         names = self._resolve_names(new_labels, class_names, data.class_names)
@@ -378,23 +411,32 @@ class Learner:
                     memory_format=self._memory_format, autocast=self._autocast,
                 )
             log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
-            result: TrainResult = train_task(
-                model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
-                replay=replay, memory_format=self._memory_format, autocast=self._autocast,
-                show_progress=show_progress, deadline=deadline,
-            )
+            with GlobalNormClip(model.parameters(), tcfg.grad_clip_norm):
+                result: TrainResult = train_task(
+                    model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
+                    replay=replay, memory_format=self._memory_format, autocast=self._autocast,
+                    show_progress=show_progress, deadline=deadline,
+                )
             del replay
             align = None
             if not first and cfg.head_balance == "weight_align":
                 align = weight_align(model.last, n_old, n_seen)
             train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng)
+            # A few of this call's images (in locals only, dropped at return) to compare the dreams' spread with.
+            probe = torch.arange(0, images.shape[0], max(1, images.shape[0] // 512), device=images.device)[:512]
+            probe_x, probe_y = normalizer(to_unit_float(images[probe])), label_idx[probe]
             del images
             dream_report = DreamReport(0, 0.0, {}, {})
+            diversity = None
             if dream and self.method.uses_replay and gen is not None and gen_opt is not None and cfg.dream.iterations > 0:
                 dream_report = train_generator(
                     gen, model, n_seen, cfg.dream, gen_opt, self._seeded_generator(task_index, salt=1),
                     memory_format=self._memory_format, autocast=self._autocast,
                     show_progress=show_progress, deadline=deadline,
+                )
+                diversity = measure_diversity(
+                    gen, model, n_seen, self._seeded_generator(task_index, salt=3),
+                    real_images=probe_x, real_labels=probe_y, memory_format=self._memory_format,
                 )
         finally:
             if old_frozen is not None:
@@ -418,12 +460,17 @@ class Learner:
             dream_losses=dream_report.last,
             stopped_early=stopped,
             head_align_factor=align,
+            data_settings=resolved_settings(cfg, per_call),
+            learned_new_classes=train_acc >= cfg.new_class_accuracy_floor,
+            dream_diversity=diversity.to_dict() if diversity is not None else None,
         )
+        _warn_about(report, cfg.new_class_accuracy_floor)
         # Commit: swap in the new state as a whole.
         self._state = _State(
             registry=registry, model=model, generator=gen, generator_opt=gen_opt,
             normalizer=normalizer, input_shape=(c, h, w), tasks_learned=task_index + 1,
         )
+        self.config = settled
         self.history.append(report)
         return report
 
@@ -461,9 +508,7 @@ class Learner:
         if isinstance(images, LabeledImages):
             x = images.images
         else:
-            if hasattr(images, "shape") and tuple(images.shape) == shape:
-                images = images[None]  # one (C, H, W) image
-            x = images_to_tensor(images)
+            x = images_to_tensor(with_batch_axis(images, shape))
         self._check_images(x, shape)
         return x
 

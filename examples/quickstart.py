@@ -20,10 +20,9 @@ def pixels(images):
 
 
 # 1. Server: learn digits 0-4 with ABD (a short budget; LearnerConfig() is the paper's full recipe).
+# Crop padding, flips, batch sizes and clipping are settled from the 8x8 grey images by the learner
+# itself (report.data_settings shows what it chose).
 config = LearnerConfig.short_budget(epochs=8, dream_iterations=40, max_classes=10)
-config.first_task.batch_size = config.later_tasks.batch_size = 32
-config.augment.crop_padding, config.augment.flip = 1, False
-config.augment.brightness = config.augment.contrast = 0.0
 learner = Learner(config)
 base = train.select_labels([0, 1, 2, 3, 4])
 report = learner.learn_new_classes((base.images, base.labels), class_names=["zero", "one", "two", "three", "four"])

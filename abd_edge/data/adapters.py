@@ -23,7 +23,7 @@ import torch
 from ..errors import DatasetError, ImageSpecError, LabelError
 from .images import LabeledImages
 
-__all__ = ["as_labeled_images", "images_to_tensor", "labels_to_list"]
+__all__ = ["as_labeled_images", "images_to_tensor", "labels_to_list", "with_batch_axis"]
 
 # Tolerance for float images: values a rounding step outside [0, 1] come from
 # resampling or normalisation arithmetic and are clamped; anything further out
@@ -108,10 +108,17 @@ def _check_float_values(t: torch.Tensor) -> torch.Tensor:
             "every pixel must be a finite number in [0, 1]"
         )
     lo, hi = float(t.min()), float(t.max())
-    if lo < -_FLOAT_TOLERANCE or hi > 1.0 + _FLOAT_TOLERANCE:
+    if lo < -_FLOAT_TOLERANCE:
+        raise ImageSpecError(
+            f"float images must be in [0, 1], got values {lo:.4g}..{hi:.4g}: negative values mean the images "
+            "were normalised (e.g. transforms.Normalize(mean, std)). Pass them before normalisation, as floats "
+            "in [0, 1] (transforms.ToTensor(), or v2.ToImage() + v2.ToDtype(torch.float32, scale=True)) or as "
+            "uint8 (v2.PILToTensor()): the learner normalises with its own statistics and keeps them in the model"
+        )
+    if hi > 1.0 + _FLOAT_TOLERANCE:
         raise ImageSpecError(
             f"float images must be in [0, 1], got values {lo:.4g}..{hi:.4g}; "
-            "divide 0..255 data by 255 or pass it as uint8, and undo any mean/std normalisation"
+            "divide 0..255 data by 255 or pass it as uint8"
         )
     if lo < 0.0 or hi > 1.0:
         t = t.clamp(0.0, 1.0)  # out of place: the caller's tensor is untouched
@@ -287,6 +294,62 @@ def _sample_to_chw(image: Any, index: int) -> torch.Tensor:
     return t
 
 
+def _dataset_class_names(dataset: Any) -> dict[Hashable, str]:
+    """Names from torchvision's conventions: ``class_to_idx`` (name -> index) or ``classes`` (index -> name).
+
+    Looks through ``Subset``/``DataLoader`` wrappers (their ``.dataset``).
+    Anything that is not a plain list of strings or a str -> int mapping is
+    ignored: names are a convenience, never a reason to refuse data.
+    """
+    seen: set[int] = set()
+    while dataset is not None and id(dataset) not in seen:
+        seen.add(id(dataset))
+        c2i = getattr(dataset, "class_to_idx", None)
+        if isinstance(c2i, Mapping) and c2i and all(
+            isinstance(k, str) and isinstance(v, (int, np.integer)) and not isinstance(v, bool) for k, v in c2i.items()
+        ):
+            return {int(v): str(k) for k, v in c2i.items()}
+        classes = getattr(dataset, "classes", None)
+        if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+            return {i: c for i, c in enumerate(classes)}
+        dataset = getattr(dataset, "dataset", None)
+    return {}
+
+
+def _from_loader(loader: Any) -> LabeledImages:
+    """Iterate a DataLoader (or any iterable of (images, labels) batches) exactly once and concatenate."""
+    images: list[torch.Tensor] = []
+    raw_labels: list[Any] = []
+    for b, batch in enumerate(loader):
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise DatasetError(
+                f"batch {b} of the {type(loader).__name__} is a {type(batch).__name__}; "
+                "expected (images, labels) batches (the default collate of a Dataset of (image, label))"
+            )
+        x, y = batch[0], batch[1]
+        if isinstance(x, (list, tuple)):  # a batch left as a list of samples (custom collate)
+            x = torch.stack([_sample_to_chw(s, len(raw_labels) + i) for i, s in enumerate(x)])
+        t = images_to_tensor(x)
+        if images and (t.shape[1:] != images[0].shape[1:] or t.dtype != images[0].dtype):
+            raise ImageSpecError(
+                f"batch {b} has images of shape {tuple(t.shape[1:])} and dtype {t.dtype} but batch 0 has "
+                f"{tuple(images[0].shape[1:])} and {images[0].dtype}; all images must share one size and dtype"
+            )
+        ys = labels_to_list(y, int(t.shape[0]))
+        images.append(t)
+        raw_labels.extend(ys)
+    if not images:
+        raise DatasetError(f"the {type(loader).__name__} yielded no batches: 0 images")
+    stacked = torch.cat(images)
+    return LabeledImages(stacked, labels_to_list(raw_labels, int(stacked.shape[0])))
+
+
+def _with_names(data: LabeledImages, names: dict[Hashable, str]) -> LabeledImages:
+    present = set(data.labels)
+    keep = {k: v for k, v in names.items() if k in present}
+    return LabeledImages(data.images, data.labels, {**keep, **data.class_names}) if keep else data
+
+
 def _from_dataset(dataset: Any) -> LabeledImages:
     """Stack a map-style dataset; one pass, so transforms run once per sample."""
     try:
@@ -319,7 +382,7 @@ def _from_dataset(dataset: Any) -> LabeledImages:
                 )
         images.append(t)
         raw_labels.append(sample[1])
-    stacked = images_to_tensor(torch.stack(images))
+    stacked = images_to_tensor(torch.stack([torch.as_tensor(t) for t in images]))
     return LabeledImages(stacked, labels_to_list(raw_labels, n))
 
 
@@ -350,6 +413,48 @@ def _revalidate(data: LabeledImages) -> LabeledImages:
     return LabeledImages(images, labels, dict(data.class_names))
 
 
+def _is_loader(data: Any) -> bool:
+    """A torch DataLoader, or an iterable without random access (a generator of batches)."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        return True
+    return hasattr(data, "__iter__") and not hasattr(data, "__getitem__") and not isinstance(data, (str, bytes, Mapping))
+
+
+def with_batch_axis(images: Any, shape: tuple[int, int, int]) -> Any:
+    """For prediction: one image (CHW, HWC, HW for grey, or a PIL image) of the expected ``shape`` as a batch of one.
+
+    Batches pass through unchanged, so predict takes uint8 NHWC, float NCHW
+    in [0, 1] and single images alike.
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        Image = None  # type: ignore[assignment]
+    if Image is not None and isinstance(images, Image.Image):
+        return _sample_to_chw(images, 0)[None]
+    if not hasattr(images, "shape"):
+        return images
+    c, h, w = shape
+    got = tuple(images.shape)
+    if got in ((c, h, w), (h, w, c)) or (c == 1 and got == (h, w)):
+        return images[None]
+    return images
+
+
+def _check_batch_axis(images: Any, labels: Any) -> None:
+    """Name a missing batch axis: one (H, W, C) or (C, H, W) image with one label reads as H images otherwise."""
+    shape = tuple(images.shape)
+    try:
+        n_labels = len(labels)
+    except TypeError:
+        n_labels = 1  # a scalar label: one image
+    if len(shape) == 3 and n_labels == 1 and shape[0] != 1 and (shape[-1] in (1, 3) or shape[0] in (1, 3)):
+        raise ImageSpecError(
+            f"images have shape {shape} and there is 1 label: that is one image without a batch axis "
+            f"(read as {shape[0]} images); pass a batch, e.g. images[None] (shape {(1, *shape)}) with [label]"
+        )
+
+
 def as_labeled_images(data: Any, labels: Any = None) -> LabeledImages:
     """Convert any supported dataset form into validated :class:`LabeledImages`.
 
@@ -357,7 +462,10 @@ def as_labeled_images(data: Any, labels: Any = None) -> LabeledImages:
     as two arguments, with images a numpy array or torch tensor; a mapping
     with ``images`` and ``labels`` (e.g. an opened ``np.load`` file); a
     map-style dataset whose items are ``(image, label)``; or a path to an
-    image folder, a CIFAR python directory or a ``.npz`` file. Directory and
+    image folder, a CIFAR python directory or a ``.npz`` file; a torch
+    ``DataLoader`` (or any iterable of ``(images, labels)`` batches), iterated
+    once. A dataset's ``class_to_idx`` / ``classes`` (torchvision's
+    ImageFolder, CIFAR10, ...) name its integer labels. Directory and
     ``.npz`` paths load the training split; call the loaders directly for
     the test split. The caller's arrays are never modified.
     """
@@ -372,6 +480,7 @@ def as_labeled_images(data: Any, labels: Any = None) -> LabeledImages:
     if isinstance(data, (np.ndarray, torch.Tensor)):
         if labels is None:
             raise LabelError("labels are missing: pass as_labeled_images(images, labels)")
+        _check_batch_axis(data, labels)
         images = images_to_tensor(data)
         return LabeledImages(images, labels_to_list(labels, int(images.shape[0])))
     if labels is None and isinstance(data, tuple) and len(data) == 2 and isinstance(
@@ -390,8 +499,10 @@ def as_labeled_images(data: Any, labels: Any = None) -> LabeledImages:
             f"labels were passed separately but data is a {type(data).__name__}; "
             "separate labels go only with an image array or tensor"
         )
+    if _is_loader(data):
+        return _with_names(_from_loader(data), _dataset_class_names(data))
     if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
-        return _from_dataset(data)
+        return _with_names(_from_dataset(data), _dataset_class_names(data))
     raise DatasetError(
         f"cannot use a {type(data).__name__} as a dataset; pass LabeledImages, (images, labels), "
         "a map-style Dataset of (image, label), or a path"

@@ -1,0 +1,126 @@
+"""Data-aware defaults (auto_config.py), gradient clipping, and the loud report of an update that learned nothing."""
+
+import dataclasses
+import math
+import warnings
+
+import pytest
+import torch
+
+from abd_edge import Learner, LearnerConfig
+from abd_edge.auto_config import auto_augment, auto_batch_size, auto_grad_clip, settle_for_call, settle_for_data
+from abd_edge.config import AugmentConfig, TrainConfig
+from abd_edge.errors import ConfigError
+from abd_edge.grad_clip import GlobalNormClip
+from abd_edge.learner import NewClassesNotLearnedWarning
+from tests.conftest import make_task, tiny_config
+
+
+@pytest.mark.parametrize("n, batch", [(280, 32), (255, 16), (256, 32), (100, 16), (10, 16), (1023, 64),
+                                      (1024, 128), (10_000, 128)])
+def test_auto_batch_gives_eight_steps_per_epoch(n, batch):
+    assert auto_batch_size(n) == batch
+
+
+def test_auto_augment_by_shape():
+    # digits: 1x8x8 -> 1-pixel shifts, no flips, no jitter; CIFAR: the paper's values
+    assert auto_augment(1, 8) == {"crop_padding": 1, "flip": False, "brightness": 0.0, "contrast": 0.0}
+    assert auto_augment(3, 32) == {"crop_padding": 4, "flip": True, "brightness": 63 / 255, "contrast": 0.8}
+    assert auto_augment(1, 32)["flip"] is False and auto_augment(3, 16)["crop_padding"] == 2
+    assert auto_grad_clip(280) == 1.0 and auto_grad_clip(10_000) is None
+
+
+def test_explicit_settings_win_and_input_is_untouched():
+    cfg = LearnerConfig.short_budget(augment=AugmentConfig(flip=True), first_task=TrainConfig(batch_size=8))
+    settled = settle_for_data(cfg, (1, 8, 8), 280)
+    assert settled.augment == AugmentConfig(crop_padding=1, flip=True, brightness=0.0, contrast=0.0)
+    assert settled.data_settings["image_shape"] == [1, 8, 8] and settled.data_settings["n_images"] == 280
+    assert "augment.flip" not in settled.data_settings["settings"]
+    assert settled.data_settings["settings"]["augment.crop_padding"] == 1
+    call, per_call = settle_for_call(settled, 280)
+    assert call.first_task.batch_size == 8 and call.later_tasks.batch_size == 32 and call.dream.batch_size == 128
+    assert "first_task.batch_size" not in per_call and per_call["later_tasks.batch_size"] == 32
+    assert cfg.augment.crop_padding == "auto" and cfg.data_settings == {}  # a copy: the input is unchanged
+    assert settled.later_tasks.batch_size == "auto"  # batch sizes stay a per-call rule
+
+
+def test_paper_recipe_is_what_auto_gives_on_cifar_sized_data():
+    settled = settle_for_data(LearnerConfig.paper(), (3, 32, 32), 10_000)
+    call, _ = settle_for_call(settled, 10_000)
+    assert (call.augment.crop_padding, call.augment.flip, call.augment.brightness, call.augment.contrast) == (
+        4, True, 63 / 255, 0.8)
+    assert call.first_task.batch_size == 128 and call.dream.batch_size == 128
+    assert call.first_task.grad_clip_norm is None
+
+
+@pytest.mark.parametrize("key, value", [("augment.crop_padding", "-1"), ("augment.flip", "2"),
+                                        ("augment.brightness", "1.5"), ("later_tasks.batch_size", "1"),
+                                        ("later_tasks.grad_clip_norm", "0"), ("new_class_accuracy_floor", "2")])
+def test_bad_values_for_auto_settings_are_refused(key, value):
+    with pytest.raises(ConfigError, match=key.split(".")[-1]):
+        LearnerConfig.short_budget().with_overrides({key: value})
+
+
+def test_auto_and_explicit_through_overrides():
+    cfg = LearnerConfig.short_budget().with_overrides({"augment.flip": "false", "later_tasks.grad_clip_norm": "null"})
+    assert cfg.augment.flip is False and cfg.later_tasks.grad_clip_norm is None
+    assert LearnerConfig(augment="auto").augment == AugmentConfig()
+    assert LearnerConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_learner_settles_reports_saves_and_reuses(tmp_path):
+    cfg = tiny_config(augment=AugmentConfig(flip=False), first_task=dataclasses.replace(
+        tiny_config().first_task, batch_size="auto"))
+    learner = Learner(cfg)
+    rep = learner.learn_new_classes(make_task([0, 1], n_per_class=20), show_progress=False)
+    ds = learner.config.data_settings
+    assert ds["image_shape"] == [1, 8, 8] and ds["settings"]["augment.crop_padding"] == 1
+    assert rep.data_settings["augment.flip"] == {"value": False, "source": "explicit"}
+    assert rep.data_settings["augment.crop_padding"] == {"value": 1, "source": "auto"}
+    assert rep.data_settings["first_task.batch_size"] == {"value": 16, "source": "auto"}
+    assert rep.data_settings["first_task.grad_clip_norm"] == {"value": 1.0, "source": "auto"}
+    learner.save(tmp_path / "l")
+    loaded = Learner.load(tmp_path / "l")
+    assert loaded.config.data_settings == ds and loaded.config.augment == learner.config.augment
+    rep2 = loaded.learn_new_classes(make_task([2, 3], n_per_class=20, seed=1), show_progress=False)
+    assert rep2.data_settings["augment.crop_padding"]["value"] == 1 and loaded.config.data_settings == ds
+
+
+def test_global_norm_clip_math():
+    w = torch.nn.Parameter(torch.tensor([3.0, 0.0]))
+    b = torch.nn.Parameter(torch.tensor([4.0]))
+    with GlobalNormClip([w, b], 1.0) as clip:
+        (w * torch.tensor([3.0, 0.0])).sum().backward()  # grad w = (3, 0), b gets none
+    # a pass that left b without a gradient is not clipped
+    assert torch.equal(w.grad, torch.tensor([3.0, 0.0])) and clip.steps == 0
+    w.grad = b.grad = None
+    with GlobalNormClip([w, b], 1.0) as clip:
+        (w.sum() * 3.0 + b.sum() * 4.0).backward()  # grads (3, 3) and (4): norm sqrt(34)
+    n = math.sqrt(34)
+    assert torch.allclose(w.grad, torch.tensor([3.0, 3.0]) / n) and torch.allclose(b.grad, torch.tensor([4.0]) / n)
+    assert clip.steps == 1 and clip.clipped_steps == 1
+    w.grad = b.grad = None
+    (w.sum() * 3.0).backward()  # hooks removed on exit: no clipping
+    assert torch.equal(w.grad, torch.tensor([3.0, 3.0]))
+
+
+def test_direct_digits_first_task_quick():
+    """Regression (issue 10): CIFAR's crop 4 + flips + batch 128 on 8x8 digits left a 2-class task near chance."""
+    from abd_edge.data import load_digits
+
+    train, test = load_digits(train=True), load_digits(train=False)
+    learner = Learner(dataclasses.replace(LearnerConfig.short_budget(epochs=4, dream_iterations=0), seed=0,
+                                          backbone="resnet20"))
+    learner.learn_new_classes(train.select_labels([7, 8]), dream=False, show_progress=False)
+    assert learner.evaluate(test.select_labels([7, 8])) >= 0.9
+
+
+def test_update_that_learns_nothing_is_reported_loudly():
+    learner = Learner(tiny_config(new_class_accuracy_floor=1.0))
+    with pytest.warns(NewClassesNotLearnedWarning, match="did not learn its new classes"):
+        rep = learner.learn_new_classes(make_task([0, 1], n_per_class=12), show_progress=False)
+    assert rep.learned_new_classes is False and rep.train_accuracy < 1.0
+    ok = Learner(tiny_config(new_class_accuracy_floor=0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NewClassesNotLearnedWarning)
+        assert ok.learn_new_classes(make_task([0, 1], n_per_class=12), show_progress=False).learned_new_classes
