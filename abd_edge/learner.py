@@ -12,7 +12,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 
-from .config import LearnerConfig
+from .config import LearnerConfig, PrivacyConfig
 from .data.adapters import as_labeled_images, images_to_tensor
 from .data.augment import BatchAugment, to_unit_float
 from .data.images import LabeledImages
@@ -81,7 +81,7 @@ class LearnReport:
     class_indices: list[int]
     n_images: int
     epoch_losses: list[dict[str, float]]
-    train_accuracy: float
+    train_accuracy: float | None  # None after a private update: a statistic of the local data
     train_seconds: float
     train_images_per_second: float
     dream_seconds: float
@@ -284,6 +284,7 @@ class Learner:
         dream: bool = True,
         time_budget_s: float | None = None,
         show_progress: bool = True,
+        privacy: PrivacyConfig | None = None,
     ) -> LearnReport:
         """Learn the classes in ``dataset`` (all new), then dream so the next call can replay them.
 
@@ -293,6 +294,9 @@ class Learner:
         label -> name, or a list aligned with the sorted new labels.
         ``dream=False`` skips generator training (a final task needs none).
         ``time_budget_s`` caps training plus dreaming; the report says if it cut in.
+        ``privacy`` makes the update differentially private (DP-SGD through
+        Opacus, BatchNorm frozen; docs/PRIVACY.md); a setting that cannot be
+        met raises PrivacyError before anything trains.
         """
         cfg = self.config
         data: LabeledImages = as_labeled_images(dataset)
@@ -306,6 +310,11 @@ class Learner:
 
         n_old, n_seen = len(st.registry), len(registry)
         first = st.model is None
+        plan = None
+        if privacy is not None:
+            from .privacy.dp import plan_update
+
+            plan = plan_update(privacy, len(data), cfg.later_tasks, first_task=first)
         task_index = st.tasks_learned
         c, h, w = data.image_shape
         if h != w:
@@ -345,6 +354,14 @@ class Learner:
         label_idx = torch.tensor(registry.indices_of(data.labels), device=self.device, dtype=torch.long)
         ctx = TaskContext(n_old=n_old, n_seen=n_seen, model=model, old_model=old_frozen)
         tcfg = cfg.first_task if first else cfg.later_tasks
+        setup = None
+        if plan is not None:
+            from .privacy.dp import make_setup
+
+            tcfg = plan.train_config(tcfg)
+            seed = privacy.noise_seed if privacy is not None and privacy.noise_seed is not None else int(
+                torch.randint(0, 2**62, (1,), generator=self._seeded_generator(task_index, salt=3), device=self.device))
+            setup = make_setup(plan, model, tcfg, self.device, seed)
         replay = None
         try:
             if not first and self.method.uses_replay and gen is not None and old_frozen is not None:
@@ -357,13 +374,15 @@ class Learner:
             result: TrainResult = train_task(
                 model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
                 replay=replay, memory_format=self._memory_format, autocast=self._autocast,
-                show_progress=show_progress, deadline=deadline,
+                show_progress=show_progress, deadline=deadline, setup=setup,
             )
             del replay
             align = None
             if not first and cfg.head_balance == "weight_align":
                 align = weight_align(model.last, n_old, n_seen)
-            train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng)
+            # Accuracy on the local images is a statistic of them: a private update does not report it.
+            train_acc = None if plan is not None and plan.config.private else self._accuracy_on(
+                model, normalizer, images, label_idx, n_seen, rng)
             del images
             dream_report = DreamReport(0, 0.0, {}, {})
             if dream and self.method.uses_replay and gen is not None and gen_opt is not None and cfg.dream.iterations > 0:
@@ -394,6 +413,7 @@ class Learner:
             dream_losses=dream_report.last,
             stopped_early=stopped,
             head_align_factor=align,
+            privacy=self._ledger_entry(task_index, n_old, n_seen, new_labels, len(data), setup, first),
         )
         # Commit: swap in the new state as a whole.
         self._state = _State(
@@ -402,6 +422,28 @@ class Learner:
         )
         self.history.append(report)
         return report
+
+    def _ledger_entry(self, task_index: int, n_old: int, n_seen: int, labels: list[Any], n_images: int,
+                      setup: Any, first: bool) -> dict[str, Any]:
+        from .privacy import ledger
+
+        classes = list(range(n_old, n_seen))
+        if setup is None:
+            return ledger.non_private_entry(task_index, classes, labels, n_images, first=first)
+        return ledger.private_entry(task_index, classes, labels, n_images, setup.ledger_fields(), self.privacy_ledger)
+
+    @property
+    def privacy_ledger(self) -> list[dict[str, Any]]:
+        """One JSON-safe entry per learned task: epsilon ("inf" if not private), delta, accountant, noise, steps, ...."""
+        from .privacy.ledger import ledger_from_history
+
+        return ledger_from_history(self.history)
+
+    @property
+    def privacy_summary(self) -> dict[str, Any]:
+        from .privacy.ledger import summarize
+
+        return summarize(self.privacy_ledger)
 
     def _normalizer_for(self, data: LabeledImages) -> Normalizer:
         cfg = self.config

@@ -1,0 +1,207 @@
+"""Differentially private local updates: BN frozen, private loader, ledger vs accountant, bad input, dreaming."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from abd_edge import Learner
+from abd_edge.config import PrivacyConfig
+from abd_edge.dreaming import train_generator
+from abd_edge.errors import PrivacyError
+from abd_edge.privacy import dp, epsilon_of
+
+from conftest import make_task, tiny_config
+
+FAST = dict(accountant="rdp", epochs=2, batch_size=16, delta=1e-3)  # rdp: its noise search takes ~1 s, prv's ~5 s
+
+
+@pytest.fixture(scope="module")
+def base_learner() -> Learner:
+    torch.set_num_threads(1)
+    learner = Learner(tiny_config("abd"))
+    learner.learn_new_classes(make_task([0, 1], seed=1), show_progress=False)
+    return learner
+
+
+def _bn_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": v.detach().clone() for name, m in model.named_modules()
+            if isinstance(m, torch.nn.BatchNorm2d) for k, v in {**dict(m.named_parameters()), **dict(m.named_buffers())}.items()}
+
+
+def test_private_update_keeps_batchnorm_bit_identical_and_trains_the_head(base_learner):
+    learner = copy.deepcopy(base_learner)
+    before = _bn_state(learner.model)
+    head_before = learner.model.last.weight.detach().clone()
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=PrivacyConfig(**FAST), show_progress=False)
+    after = _bn_state(learner.model)
+    assert before.keys() == after.keys() and len(before) > 0
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(head_before, learner.model.last.weight[: head_before.shape[0]])
+    # Opacus's hooks and per-sample buffers are gone, every parameter trainable again for later updates.
+    assert all(p.requires_grad and not hasattr(p, "grad_sample") for p in learner.model.parameters())
+    assert rep.train_accuracy is None  # a statistic of the local data is not released
+    assert all(k in ("epoch", "lr") or k.startswith("replay_") for e in rep.epoch_losses for k in e)
+
+
+def test_no_dreamed_sample_enters_the_private_loader(base_learner, monkeypatch):
+    learner = copy.deepcopy(base_learner)
+    made: list[dp.DPSetup] = []
+    real_make = dp.make_setup
+
+    def spy(*args, **kwargs):
+        setup = real_make(*args, **kwargs)
+        made.append(setup)
+        drawn = setup.batches.epoch
+
+        def epoch(rng):
+            for idx in drawn(rng):
+                draws.append(idx.numel())
+                yield idx
+
+        setup.batches.epoch = epoch  # type: ignore[method-assign]
+        return setup
+
+    draws: list[int] = []
+    passes: list[tuple[bool, int]] = []
+    monkeypatch.setattr(dp, "make_setup", spy)
+    handle = learner.model.conv1.register_forward_pre_hook(lambda m, a: None)  # the learner copies the model
+    handle.remove()
+    import abd_edge.engine as engine
+
+    real_train = engine.train_task
+
+    def train_spy(model, *args, **kwargs):
+        h = model.conv1.register_forward_pre_hook(lambda m, a: passes.append((made[0].gsm.hooks_enabled, a[0].shape[0])))
+        try:
+            return real_train(model, *args, **kwargs)
+        finally:
+            h.remove()
+
+    import abd_edge.learner as learner_mod
+
+    monkeypatch.setattr(learner_mod, "train_task", train_spy)
+    n = 60
+    learner.learn_new_classes(make_task([2, 3], n_per_class=n // 2, seed=2), privacy=PrivacyConfig(**FAST), show_progress=False)
+    setup = made[0]
+    assert len(setup.loader.dataset) == n  # the private loader indexes the local images and nothing else
+    assert torch.equal(setup.loader.dataset.tensors[0], torch.arange(n))
+    private = [b for enabled, b in passes if enabled]
+    public = [b for enabled, b in passes if not enabled]
+    assert private == [d for d in draws if d > 0]  # per-sample passes see exactly the Poisson draws of local images
+    assert public and all(b == setup.plan.expected_batch_size for b in public)  # dreamed batches: fixed size, no capture
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_ledger_epsilon_equals_opacus_accountant(base_learner, accountant):
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    learner = copy.deepcopy(base_learner)
+    cfg = PrivacyConfig(**{**FAST, "accountant": accountant, "target_epsilon": 3.0})
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=cfg, show_progress=False)
+    e = rep.privacy
+    assert e["private"] and e["accountant"] == accountant and e["n_images"] == 60 and e["classes"] == [2, 3]
+    acc = PRVAccountant() if accountant == "prv" else RDPAccountant()
+    acc.history = [(e["noise_multiplier"], e["sample_rate"], e["steps"])]
+    assert e["steps"] == 2 * math.ceil(60 / 16) and e["sample_rate"] == pytest.approx(1 / 4)
+    assert e["epsilon"] == pytest.approx(acc.get_epsilon(delta=e["delta"]), rel=1e-9)
+    assert e["epsilon"] <= 3.0 + 0.05
+    assert learner.privacy_ledger[-1] == e and learner.privacy_ledger[0]["epsilon"] == "inf"
+
+
+def _state(learner: Learner) -> tuple:
+    return ({k: v.clone() for k, v in learner.model.state_dict().items()},
+            {k: v.clone() for k, v in learner.generator.state_dict().items()}, len(learner.history), learner.num_classes)
+
+
+@pytest.mark.parametrize("cfg, match", [
+    (dict(target_epsilon=1e-4), "unreachable|noise multiplier"),
+    (dict(delta=0.02), "not below 1/N"),
+    (dict(max_grad_norm=0.0), "clipping norm"),
+    (dict(max_grad_norm=-1.0), "clipping norm"),
+    (dict(accountant="moments"), "accountant"),
+    (dict(trainable="bn"), "BatchNorm"),
+])
+def test_bad_privacy_settings_fail_before_training_and_change_nothing(base_learner, cfg, match):
+    learner = copy.deepcopy(base_learner)
+    before = _state(learner)
+    with pytest.raises(PrivacyError, match=match):
+        learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=PrivacyConfig(**{**FAST, **cfg}), show_progress=False)
+    after = _state(learner)
+    assert before[2:] == after[2:]
+    for a, b in zip(before[:2], after[:2]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_private_first_task_is_refused():
+    learner = Learner(tiny_config("abd"))
+    with pytest.raises(PrivacyError, match="BatchNorm statistics"):
+        learner.learn_new_classes(make_task([0, 1], seed=1), privacy=PrivacyConfig(**FAST), show_progress=False)
+    assert learner.tasks_learned == 0 and learner.history == []
+
+
+def test_dreaming_after_a_private_update_depends_only_on_the_released_model(base_learner, monkeypatch):
+    """The generator trained after the update equals one trained from the released model alone."""
+    learner = copy.deepcopy(base_learner)
+    gen0 = copy.deepcopy(learner.generator)
+    opt0 = copy.deepcopy(learner._state.generator_opt.state_dict())
+    seen_inputs: list[torch.Tensor] = []
+    import abd_edge.learner as learner_mod
+
+    real = learner_mod.train_generator
+
+    def spy(gen, model, *args, **kwargs):
+        outs: list[torch.Tensor] = []
+        hg = gen.register_forward_hook(lambda m, a, o: outs.append(o))
+        hm = model.register_forward_pre_hook(lambda m, a: seen_inputs.append(any(a[0] is o or a[0].data_ptr() == o.data_ptr() for o in outs)))
+        try:
+            return real(gen, model, *args, **kwargs)
+        finally:
+            hg.remove()
+            hm.remove()
+
+    monkeypatch.setattr(learner_mod, "train_generator", spy)
+    learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=PrivacyConfig(**FAST), show_progress=False)
+    assert seen_inputs and all(seen_inputs)  # every classifier input while dreaming came straight from the generator
+    # Re-run dreaming from the released model, the previous generator and the seed: bit-identical generator.
+    opt = torch.optim.Adam(gen0.parameters(), lr=learner.config.dream.lr)
+    opt.load_state_dict(opt0)
+    released = copy.deepcopy(learner.model)
+    real(gen0, released, learner.num_classes, learner.config.dream, opt, learner._seeded_generator(1, salt=1), show_progress=False,
+         memory_format=learner._memory_format)
+    for (k, a), b in zip(learner.generator.state_dict().items(), gen0.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_non_private_bn_frozen_update_is_recorded_as_epsilon_inf(base_learner):
+    learner = copy.deepcopy(base_learner)
+    before = _bn_state(learner.model)
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2),
+                                    privacy=PrivacyConfig(target_epsilon=math.inf, epochs=1, batch_size=16), show_progress=False)
+    assert rep.privacy["epsilon"] == "inf" and epsilon_of(rep.privacy) == math.inf and rep.privacy["bn"] == "frozen"
+    assert rep.train_accuracy is not None
+    assert all(torch.equal(v, _bn_state(learner.model)[k]) for k, v in before.items())
+
+
+def test_digits_private_update_end_to_end_saved_and_loaded(tmp_path):
+    """A real (tiny) private update on digits: ledger saved with the learner, later non-private update noted."""
+    from abd_edge.data import load_digits
+
+    torch.set_num_threads(1)
+    train, test = load_digits(train=True), load_digits(train=False)
+    learner = Learner(tiny_config("abd", max_classes=10, dream=tiny_config().dream))
+    learner.learn_new_classes(train.select_labels([0, 1]), show_progress=False)
+    rep = learner.learn_new_classes(train.select_labels([2, 3]), show_progress=False,
+                                    privacy=PrivacyConfig(target_epsilon=8.0, delta=1e-5, accountant="rdp", epochs=4, batch_size=64))
+    assert rep.privacy["private"] and 0 < rep.privacy["epsilon"] <= 8.05
+    acc = learner.evaluate(test.select_labels([0, 1, 2, 3]))
+    assert acc > 0.3  # better than chance (0.25) after a private update of a few steps
+    learner.save(tmp_path / "l")
+    loaded = Learner.load(tmp_path / "l")
+    assert loaded.privacy_ledger == learner.privacy_ledger
+    assert loaded.privacy_summary["labels_without_guarantee"] == [0, 1]
+    assert "no total claim holds for classes [0, 1]" in loaded.privacy_ledger[1]["claim"]
