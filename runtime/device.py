@@ -45,6 +45,7 @@ class DeviceBudget:
     batch_size: int | None = None  # None: the learner's own
     threads: int | None = None
     time_budget_s: float | None = None
+    privacy: Any = None  # an abd_edge.config.PrivacyConfig (or its dict): make each update differentially private
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -57,6 +58,14 @@ class DeviceBudget:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"time_budget_s must be positive, got {self.time_budget_s}")
+        if self.privacy is not None:
+            from abd_edge.config import PrivacyConfig
+
+            if isinstance(self.privacy, dict):
+                self.privacy = PrivacyConfig.from_dict(self.privacy)
+            if not isinstance(self.privacy, PrivacyConfig):
+                raise ConfigError(f"privacy must be a PrivacyConfig, a dict of one, or None, got {type(self.privacy).__name__}")
+            self.privacy.validate()
 
 
 @dataclass
@@ -233,7 +242,8 @@ class DeviceLearner:
             if b.threads is not None:
                 torch.set_num_threads(b.threads)
             try:
-                rep = learner.learn_new_classes(local_dataset, class_names, time_budget_s=b.time_budget_s, show_progress=show_progress)
+                rep = learner.learn_new_classes(local_dataset, class_names, time_budget_s=b.time_budget_s,
+                                                show_progress=show_progress, privacy=b.privacy)
             finally:
                 torch.set_num_threads(threads_before)
             fault_point("update_trained")
@@ -276,6 +286,10 @@ class DeviceLearner:
         version = self.store.rollback(to)
         self._load(*self.store.read(version))
         return version
+
+    def privacy(self) -> list[dict[str, Any]]:
+        """The privacy ledger of this version: one entry per learned task (epsilon "inf" where not private)."""
+        return list((self.manifest.get("privacy") or {}).get("ledger", []))
 
     def history(self) -> list[dict[str, Any]]:
         """Every kept version: version, parent, created, classes, accuracies, seconds, privacy spent."""
