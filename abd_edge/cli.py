@@ -1,4 +1,4 @@
-"""The ``abd-edge`` command line: bench, learn, export, simulate, info."""
+"""The ``abd-edge`` command line: bench, learn, export, simulate, info, audit."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _learn(args: argparse.Namespace) -> int:
             cfg.dream.iterations = args.dream_iters
         cfg.validate()
         learner = Learner(cfg)
-    report = learner.learn_new_classes(args.data, show_progress=not args.quiet)
+    report = learner.learn_new_classes(args.data, show_progress=not args.quiet, privacy=_privacy_from_args(args))
     learner.save(learner_dir)
     print(json.dumps({k: v for k, v in report.to_dict().items() if k != "epoch_losses"}, indent=2))
     if args.eval:
@@ -95,6 +95,7 @@ def _simulate(args: argparse.Namespace) -> int:
         value = getattr(args, field)
         if value is not None:
             setattr(budget, field, value)
+    budget.privacy = _privacy_from_args(args)
     run_simulation(
         args.dataset, args.data_root, tasks=args.tasks, seed=args.seed, out_dir=args.out,
         compare_engine=args.compare_engine, budget=budget, server_epochs=args.server_epochs,
@@ -114,6 +115,48 @@ def _info(args: argparse.Namespace) -> int:
         info["manifest"] = manifest
     print(json.dumps(info, indent=2, default=str))
     return 0
+
+
+def _add_privacy_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("differential privacy (docs/PRIVACY.md)")
+    g.add_argument("--epsilon", type=float, help="make the update(s) differentially private at this epsilon (inf: BN-frozen, no noise)")
+    g.add_argument("--delta", type=float, default=1e-5, help="with --epsilon: delta (default 1e-5; must be below 1/N)")
+    g.add_argument("--max-grad-norm", type=float, help="with --epsilon: per-sample clipping norm (default: PrivacyConfig's)")
+    g.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
+
+
+def _privacy_from_args(args: argparse.Namespace):  # -> PrivacyConfig | None
+    if getattr(args, "epsilon", None) is None:
+        return None
+    from .config import PrivacyConfig
+
+    extra = {"max_grad_norm": args.max_grad_norm} if args.max_grad_norm is not None else {}
+    pc = PrivacyConfig(target_epsilon=args.epsilon, delta=args.delta, accountant=args.accountant, **extra)
+    pc.validate()
+    return pc
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .privacy.audit import audit_path
+
+    doc = audit_path(args.target, args.members, args.non_members, base=args.base, shadows=args.shadows,
+                     n_dreams=args.dreams, out_dir=args.out, seed=args.seed)
+    print(json.dumps({k: v for k, v in doc.items() if k != "update"}, indent=2, default=str))
+    print(f"\nwrote {Path(args.out) / 'audit.json'}")
+    return 0
+
+
+def _add_audit_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    a = sub.add_parser("audit", help="privacy audit of the latest update: membership inference, dream memorisation, persistence scan")
+    a.add_argument("target", help="a learner directory or a bundle directory")
+    a.add_argument("--members", required=True, help="the update's local images (ImageFolder tree, CIFAR dir or .npz)")
+    a.add_argument("--non-members", required=True, help="held-out images of the same classes")
+    a.add_argument("--base", help="the learner before the update (default for a bundle: its parent version, if kept)")
+    a.add_argument("--shadows", type=int, default=4, help="shadow updates for the calibrated (LiRA-style) attack")
+    a.add_argument("--dreams", type=int, default=256)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default="runs/audit", help="directory for audit.json and closest_dreams.png")
+    a.set_defaults(func=_audit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--device")
     lr.add_argument("--eval", help="a labelled dataset to evaluate on afterwards")
     lr.add_argument("--quiet", action="store_true")
+    _add_privacy_args(lr)
     lr.set_defaults(func=_learn)
 
     e = sub.add_parser("export", help="export a saved learner as a new version of an ONNX bundle")
@@ -185,11 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-epochs", type=int)
     s.add_argument("--server-dream-iters", type=int)
     s.add_argument("--quiet", action="store_true")
+    _add_privacy_args(s)
     s.set_defaults(func=_simulate)
 
     i = sub.add_parser("info", help="environment, and the manifest of a learner or bundle directory")
     i.add_argument("path", nargs="?")
     i.set_defaults(func=_info)
+    _add_audit_parser(sub)
     return p
 
 

@@ -155,7 +155,7 @@ class FrozenBNSetup(TrainingSetup):
         return {"private": False, "epsilon": encode_epsilon(math.inf), "delta": None, "accountant": None,
                 "noise_multiplier": 0.0, "steps": self.steps_taken, "sample_rate": None,
                 "expected_batch_size": self.plan.batch_size, "max_grad_norm": None,
-                "bn": "frozen", "trainable": self.plan.config.trainable}
+                "bn": "frozen", "trainable": self.plan.config.trainable, "config": self.plan.config.to_dict()}
 
 
 class PoissonBatches:
@@ -263,7 +263,7 @@ class DPSetup(FrozenBNSetup):
                 "noise_multiplier": self.plan.noise_multiplier, "steps": steps, "sample_rate": self.plan.sample_rate,
                 "expected_batch_size": self.plan.expected_batch_size, "max_grad_norm": pc.max_grad_norm,
                 "bn": "frozen", "trainable": pc.trainable, "target_epsilon": pc.target_epsilon,
-                "secure_rng": False}
+                "secure_rng": False, "config": pc.to_dict()}
 
 
 def make_setup(plan: PrivatePlan, model: nn.Module, cfg: TrainConfig, device: torch.device, seed: int) -> FrozenBNSetup:
