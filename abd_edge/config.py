@@ -315,6 +315,7 @@ class PrivacyConfig:
     lr: float | None = 0.5
     max_noise_multiplier: float = 30.0
     noise_seed: int | None = None  # None: derived from the learner's seed (reproducible, not cryptographically secure)
+    clip_public: bool = True  # cap the dreamed (public) terms' gradient norm at max_grad_norm, for balance (not privacy)
 
     @property
     def private(self) -> bool:

@@ -49,51 +49,45 @@ def test_private_update_keeps_batchnorm_bit_identical_and_trains_the_head(base_l
 
 
 def test_no_dreamed_sample_enters_the_private_loader(base_learner, monkeypatch):
+    """The loader indexes local images only; what is clipped and noised is exactly each Poisson draw."""
     learner = copy.deepcopy(base_learner)
     made: list[dp.DPSetup] = []
+    draws: list[int] = []
+    noised: list[int] = []
+    forwards: list[int] = []
     real_make = dp.make_setup
 
     def spy(*args, **kwargs):
         setup = real_make(*args, **kwargs)
         made.append(setup)
-        drawn = setup.batches.epoch
+        drawn, pre_step = setup.batches.epoch, setup.optimizer.pre_step
 
         def epoch(rng):
             for idx in drawn(rng):
                 draws.append(idx.numel())
                 yield idx
 
+        def counted_pre_step(*a, **k):
+            noised.append(setup.params[0].grad_sample.shape[0])  # rows whose per-sample gradients are clipped and noised
+            return pre_step(*a, **k)
+
         setup.batches.epoch = epoch  # type: ignore[method-assign]
+        setup.optimizer.pre_step = counted_pre_step  # type: ignore[method-assign]
+        args[1].conv1.register_forward_pre_hook(lambda m, a: forwards.append(a[0].shape[0]))
         return setup
 
-    draws: list[int] = []
-    passes: list[tuple[bool, int]] = []
     monkeypatch.setattr(dp, "make_setup", spy)
-    handle = learner.model.conv1.register_forward_pre_hook(lambda m, a: None)  # the learner copies the model
-    handle.remove()
-    import abd_edge.engine as engine
-
-    real_train = engine.train_task
-
-    def train_spy(model, *args, **kwargs):
-        h = model.conv1.register_forward_pre_hook(lambda m, a: passes.append((made[0].gsm.hooks_enabled, a[0].shape[0])))
-        try:
-            return real_train(model, *args, **kwargs)
-        finally:
-            h.remove()
-
-    import abd_edge.learner as learner_mod
-
-    monkeypatch.setattr(learner_mod, "train_task", train_spy)
     n = 60
     learner.learn_new_classes(make_task([2, 3], n_per_class=n // 2, seed=2), privacy=PrivacyConfig(**FAST), show_progress=False)
     setup = made[0]
     assert len(setup.loader.dataset) == n  # the private loader indexes the local images and nothing else
     assert torch.equal(setup.loader.dataset.tensors[0], torch.arange(n))
-    private = [b for enabled, b in passes if enabled]
-    public = [b for enabled, b in passes if not enabled]
-    assert private == [d for d in draws if d > 0]  # per-sample passes see exactly the Poisson draws of local images
-    assert public and all(b == setup.plan.expected_batch_size for b in public)  # dreamed batches: fixed size, no capture
+    assert noised == [max(d, 1) for d in draws]  # an empty draw is a zero-gradient row: noise alone
+    b = setup.plan.expected_batch_size
+    # per step: the dreamed batch (fixed size, its own pass), then the local draw
+    expected = [x for d in draws for x in ((b, d) if d > 0 else (b,))]
+    assert forwards[: len(expected)] == expected  # (later passes: dreaming, through the released model)
+    assert all(p.grad is None and not hasattr(p, "grad_sample") for p in learner.model.parameters())
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])

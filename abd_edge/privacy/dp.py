@@ -217,12 +217,11 @@ class DPSetup(FrozenBNSetup):
         reported: dict[str, torch.Tensor] = {}
         public: tuple[torch.Tensor | None, ...] | None = None
         if replay is not None:
-            self.gsm.disable_hooks()  # public pass: no per-sample capture, never clipped or counted
+            self.gsm.disable_hooks()  # public pass: nothing captured per sample, never clipped per sample or counted
             try:
                 out = run(x[:0], y[:0], replay)
                 loss_public, parts = method.loss(ctx, out)
-                if loss_public.requires_grad:
-                    public = torch.autograd.grad(loss_public, self.params, allow_unused=True)
+                public = self._public_gradient(loss_public)
             finally:
                 self.gsm.enable_hooks()
             reported = {"replay_loss": loss_public.detach(), **{f"replay_{k}": v.detach() for k, v in parts.items()}}
@@ -244,6 +243,25 @@ class DPSetup(FrozenBNSetup):
             opt.original_optimizer.step()
         self.steps_taken += 1
         return reported
+
+    def _public_gradient(self, loss: torch.Tensor) -> tuple[torch.Tensor | None, ...] | None:
+        """Gradient of the dreamed-batch loss (run with hooks off), norm capped at C if ``clip_public``.
+
+        The cap is not needed for privacy (the dreamed batch is public) but
+        for balance: per-sample clipping shrinks the private gradient to a
+        mean of vectors of norm <= C, and the raw public gradient, many
+        times longer, would outweigh it (measured on digits: the new classes
+        were then barely learned). Capping the public mean at the norm the
+        private mean can reach keeps the two parts on one scale.
+        """
+        if not loss.requires_grad:
+            return None
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        if not self.plan.config.clip_public:
+            return grads
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))  # type: ignore[arg-type]
+        factor = (self.plan.config.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+        return tuple(None if g is None else g * factor for g in grads)
 
     def close(self) -> None:
         self.gsm._close()  # remove Opacus's hooks and per-sample buffers from the model
