@@ -361,7 +361,7 @@ class Learner:
             tcfg = plan.train_config(tcfg)
             seed = privacy.noise_seed if privacy is not None and privacy.noise_seed is not None else int(
                 torch.randint(0, 2**62, (1,), generator=self._seeded_generator(task_index, salt=3), device=self.device))
-            setup = make_setup(plan, model, tcfg, self.device, seed)
+            setup = make_setup(plan, model, tcfg, self.device, seed, rows=(n_old, n_seen))
         replay = None
         try:
             if not first and self.method.uses_replay and gen is not None and old_frozen is not None:

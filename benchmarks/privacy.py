@@ -8,8 +8,11 @@ tasks arrive one by one as local updates with the device budget
 * ``never_updated``: the base model forever;
 * ``finetune``: non-private update without replay;
 * ``abd``: the non-private ABD update (BatchNorm trained, every layer);
-* ``abd_bn_frozen``: ABD with the private update's settings, BatchNorm frozen,
-  no clipping or noise (epsilon = inf): the cost of freezing BN alone;
+* ``abd_bn_frozen``: ABD with BatchNorm frozen, every other layer trained, no
+  clipping or noise (epsilon = inf): the cost of freezing BN alone;
+* ``abd_bn_frozen_head``: the private update's trainable set (the new
+  classes' head rows) and schedule without clipping or noise: adds the cost
+  of training only those rows, so the eps rows' further loss is the noise's;
 * ``abd_eps{E}``: ABD with DP-SGD at epsilon E (delta 1e-5).
 
 Per row: accuracy on all seen classes after each update, the epsilon spent,
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dp = parse_privacy_sets(args.dp_set or [])
     settings: list[tuple[str, str | None, PrivacyConfig | None]] = [("never_updated", None, None), ("finetune", "finetune", None),
                                                                     ("abd", "abd", None),
-                                                                    ("abd_bn_frozen", "abd", PrivacyConfig(target_epsilon=math.inf, **dp))]
+                                                                    ("abd_bn_frozen", "abd", PrivacyConfig(**{**dp, "target_epsilon": math.inf, "trainable": "all", "lr": args.frozen_lr})),
+                                                                    ("abd_bn_frozen_head", "abd", PrivacyConfig(**{**dp, "target_epsilon": math.inf, "lr": args.frozen_head_lr}))]
     for eps in args.epsilons:
         settings.append((f"abd_eps{eps:g}", "abd", PrivacyConfig(target_epsilon=eps, delta=args.delta, **dp)))
     if args.only:
@@ -234,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shadows", type=int, default=4, help="shadow updates for the LiRA-style attack (0: loss attack only, -1: no audit)")
     p.add_argument("--dp-set", action="append", metavar="FIELD=VALUE", help="PrivacyConfig field override (e.g. epochs=30)")
     p.add_argument("--only", nargs="*", help="run only these rows")
+    p.add_argument("--frozen-lr", type=float, default=0.02, help="lr of the abd_bn_frozen row (all layers, no clipping)")
+    p.add_argument("--frozen-head-lr", type=float, default=0.1, help="lr of the abd_bn_frozen_head row (no clipping)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/privacy-digits.json")
     args = p.parse_args(argv)

@@ -41,7 +41,9 @@ def test_private_update_keeps_batchnorm_bit_identical_and_trains_the_head(base_l
     assert before.keys() == after.keys() and len(before) > 0
     for k in before:
         assert torch.equal(before[k], after[k]), k
-    assert not torch.equal(head_before, learner.model.last.weight[: head_before.shape[0]])
+    w = learner.model.last.weight[: head_before.shape[0]]
+    assert not torch.equal(head_before[2:4], w[2:4])  # the new classes' rows learned
+    assert torch.equal(head_before[:2], w[:2]) and torch.equal(head_before[4:], w[4:])  # the rest exactly as released
     # Opacus's hooks and per-sample buffers are gone, every parameter trainable again for later updates.
     assert all(p.requires_grad and not hasattr(p, "grad_sample") for p in learner.model.parameters())
     assert rep.train_accuracy is None  # a statistic of the local data is not released

@@ -121,13 +121,24 @@ class FrozenBNSetup(TrainingSetup):
     without clipping or noise, so the two differ only by the noise.
     """
 
-    def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device,
+                 rows: tuple[int, int] | None = None) -> None:
         self.plan = plan
         self._flags = [(p, p.requires_grad) for p in model.parameters()]
+        self._head = model.last  # type: ignore[union-attr]
+        self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if plan.config.trainable == "new_head":
+            # Only this update's classes' head rows move: every other row is restored after each step.
+            # Restoring released values is post-processing, and it keeps the noise out of the old classes.
+            assert rows is not None
+            keep = torch.ones(self._head.out_features, dtype=torch.bool, device=self._head.weight.device)
+            keep[rows[0] : rows[1]] = False
+            self._kept = [(p, keep) for p in (self._head.weight, self._head.bias)]
+            self._saved = [p.detach()[keep].clone() for p, _ in self._kept]
         for bn in _batchnorms(model):
             for p in bn.parameters():
                 p.requires_grad_(False)
-        if plan.config.trainable == "head":
+        if plan.config.trainable in ("head", "new_head"):
             head = {id(p) for p in model.last.parameters()}  # type: ignore[union-attr]
             for p in model.parameters():
                 if id(p) not in head:
@@ -144,7 +155,14 @@ class FrozenBNSetup(TrainingSetup):
 
     def step(self, run: RunStep, method: Method, ctx: TaskContext, x: torch.Tensor, y: torch.Tensor, replay: Any) -> dict[str, torch.Tensor]:
         self.steps_taken += 1
-        return super().step(run, method, ctx, x, y, replay)
+        out = super().step(run, method, ctx, x, y, replay)
+        self.restore_frozen_rows()
+        return out
+
+    @torch.no_grad()
+    def restore_frozen_rows(self) -> None:
+        for (p, keep), saved in zip(self._kept, getattr(self, "_saved", [])):
+            p[keep] = saved
 
     def close(self) -> None:
         for p, flag in self._flags:
@@ -177,11 +195,12 @@ class PoissonBatches:
 class DPSetup(FrozenBNSetup):
     """DP-SGD through Opacus on the local-data terms; dreamed terms added after the noise."""
 
-    def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device, seed: int) -> None:
+    def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device, seed: int,
+                 rows: tuple[int, int] | None = None) -> None:
         from opacus import PrivacyEngine
         from torch.utils.data import DataLoader, TensorDataset
 
-        super().__init__(model, plan, cfg, device)
+        super().__init__(model, plan, cfg, device, rows)
         pc = plan.config
         # The private loader holds indices of the local images only: dreamed images never enter it.
         self.local_indices = TensorDataset(torch.arange(plan.n_images))
@@ -241,6 +260,7 @@ class DPSetup(FrozenBNSetup):
                     if g is not None:
                         p.grad.add_(g)  # type: ignore[union-attr]
             opt.original_optimizer.step()
+            self.restore_frozen_rows()
         self.steps_taken += 1
         return reported
 
@@ -284,7 +304,9 @@ class DPSetup(FrozenBNSetup):
                 "secure_rng": False, "config": pc.to_dict()}
 
 
-def make_setup(plan: PrivatePlan, model: nn.Module, cfg: TrainConfig, device: torch.device, seed: int) -> FrozenBNSetup:
+def make_setup(plan: PrivatePlan, model: nn.Module, cfg: TrainConfig, device: torch.device, seed: int,
+               rows: tuple[int, int] | None = None) -> FrozenBNSetup:
+    """``rows``: the head rows of this update's classes (for ``trainable="new_head"``)."""
     if plan.config.private:
-        return DPSetup(model, plan, cfg, device, seed)
-    return FrozenBNSetup(model, plan, cfg, device)
+        return DPSetup(model, plan, cfg, device, seed, rows)
+    return FrozenBNSetup(model, plan, cfg, device, rows)
