@@ -113,6 +113,10 @@ def _info(args: argparse.Namespace) -> int:
 
         manifest = read_manifest(Path(args.path))
         info["manifest"] = manifest
+        if (manifest.get("privacy") or {}).get("ledger"):
+            from .privacy.ledger import summarize
+
+            info["privacy_summary"] = summarize(manifest["privacy"]["ledger"])
     print(json.dumps(info, indent=2, default=str))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -41,6 +42,19 @@ def test_device_private_update_writes_the_ledger(bundle_dir, tmp_path):
     ledger = dev.privacy()
     assert [e["private"] for e in ledger] == [False, True] and ledger[1] == rep.privacy
     assert runtime.open(path).privacy() == ledger  # read back from the manifest
+
+
+def test_info_prints_the_ledger_summary(bundle_dir, capsys):
+    from abd_edge.cli import main
+
+    from abd_edge.bundle_store import BundleStore
+
+    store = BundleStore(bundle_dir)
+    assert main(["info", str(store.version_dir(store.current_version()))]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["privacy_summary"]["labels_without_guarantee"] == [0, 1]
+    assert info["privacy_summary"]["total_claim"].startswith("none")
+    assert info["manifest"]["privacy"]["ledger"][0]["epsilon"] == "inf"
 
 
 def test_device_refuses_a_bad_private_update_and_keeps_its_version(bundle_dir, tmp_path):
