@@ -201,3 +201,40 @@ def test_digits_private_update_end_to_end_saved_and_loaded(tmp_path):
     assert loaded.privacy_ledger == learner.privacy_ledger
     assert loaded.privacy_summary["labels_without_guarantee"] == [0, 1]
     assert "no total claim holds for classes [0, 1]" in loaded.privacy_ledger[1]["claim"]
+
+
+def test_train_task_uses_the_supplied_setup():
+    """The seam: batches, optimizer and step come from the setup; the default is the plain update."""
+    from abd_edge.config import TrainConfig
+    from abd_edge.data.augment import BatchAugment
+    from abd_edge.engine import Normalizer, ShuffledBatches, TrainingSetup, train_task
+    from abd_edge.methods import TaskContext, build_method
+    from abd_edge.models import build_backbone
+    from abd_edge.config import AugmentConfig, LossConfig
+
+    x, y = make_task([0, 1], n_per_class=10, seed=3)
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    cfg = TrainConfig(epochs=2, lr=0.05, batch_size=4, schedule="cosine", milestones=())
+    norm = Normalizer(torch.zeros(1), torch.ones(1))
+    aug = BatchAugment(AugmentConfig(crop_padding=0, flip=False, brightness=0.0, contrast=0.0))
+
+    def run(setup_factory):
+        torch.manual_seed(0)
+        model = build_backbone("resnet20", 4, 1)
+        ctx = TaskContext(0, 2, model, None)
+        setup = setup_factory(model)
+        res = train_task(model, build_method("abd", LossConfig()), ctx, x, labels, cfg, aug, norm,
+                         torch.Generator().manual_seed(1), show_progress=False, setup=setup)
+        return model, res
+
+    default, r0 = run(lambda m: None)
+    plain, r1 = run(lambda m: TrainingSetup.plain(m, 20, cfg, torch.device("cpu")))
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), plain.state_dict().values()))
+    # a setup whose batches cover only the first 8 images and whose optimizer holds none of the model's parameters
+    dummy = torch.zeros(1, requires_grad=True)
+    frozen_opt = lambda m: TrainingSetup(m, torch.optim.SGD([dummy], lr=0.1), ShuffledBatches(8, 4, torch.device("cpu")))
+    still, r2 = run(frozen_opt)
+    assert r2.real_images == 2 * 8 and r0.real_images == 2 * 20
+    torch.manual_seed(0)
+    fresh = build_backbone("resnet20", 4, 1)
+    assert all(torch.equal(a, b) for (k, a), b in zip(fresh.named_parameters(), still.parameters()))
