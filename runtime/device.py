@@ -45,7 +45,7 @@ class DeviceBudget:
     batch_size: int | None = None  # None: the learner's own
     threads: int | None = None
     time_budget_s: float | None = None
-    privacy: Any = None  # an abd_edge.config.PrivacyConfig (or its dict): make each update differentially private
+    privacy: Any = None  # a PrivacyConfig (or its dict): DP updates; its epochs/batch_size/lr, if set, replace the above
 
     def validate(self) -> None:
         if self.epochs < 1:
