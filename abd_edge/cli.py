@@ -135,7 +135,9 @@ def _privacy_from_args(args: argparse.Namespace):  # -> PrivacyConfig | None
         return None
     from .config import PrivacyConfig
 
-    extra = {"max_grad_norm": args.max_grad_norm} if args.max_grad_norm is not None else {}
+    extra: dict[str, object] = {"max_grad_norm": args.max_grad_norm} if args.max_grad_norm is not None else {}
+    if args.epsilon == float("inf"):
+        extra["lr"] = None  # no clipping there: keep the learner's own (non-private) learning rate
     pc = PrivacyConfig(target_epsilon=args.epsilon, delta=args.delta, accountant=args.accountant, **extra)
     pc.validate()
     return pc
