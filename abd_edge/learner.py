@@ -355,15 +355,15 @@ class Learner:
         ctx = TaskContext(n_old=n_old, n_seen=n_seen, model=model, old_model=old_frozen)
         tcfg = cfg.first_task if first else cfg.later_tasks
         setup = None
-        if plan is not None:
-            from .privacy.dp import make_setup
-
-            tcfg = plan.train_config(tcfg)
-            seed = privacy.noise_seed if privacy is not None and privacy.noise_seed is not None else int(
-                torch.randint(0, 2**62, (1,), generator=self._seeded_generator(task_index, salt=3), device=self.device))
-            setup = make_setup(plan, model, tcfg, self.device, seed, rows=(n_old, n_seen))
         replay = None
         try:
+            if plan is not None:
+                from .privacy.dp import make_setup
+
+                tcfg = plan.train_config(tcfg)
+                seed = privacy.noise_seed if privacy is not None and privacy.noise_seed is not None else int(
+                    torch.randint(0, 2**62, (1,), generator=self._seeded_generator(task_index, salt=3), device=self.device))
+                setup = make_setup(plan, model, tcfg, self.device, seed, rows=(n_old, n_seen))
             if not first and self.method.uses_replay and gen is not None and old_frozen is not None:
                 replay = ReplaySampler(
                     gen, old_frozen, n_old, rng,
