@@ -1,4 +1,4 @@
-"""The ``abd-edge`` command line: bench, bench-report, learn, export, simulate, info, keygen.
+"""The ``abd-edge`` command line: bench, bench-report, learn, export, simulate, info, keygen, audit.
 
 Every subcommand that trains or exports imports torch only when it runs,
 so ``abd-edge info`` and ``abd-edge --version`` work on a runtime-only
@@ -168,7 +168,7 @@ def _learn(args: argparse.Namespace) -> int:
             cfg.dream.iterations = args.dream_iterations
         cfg.validate()
         learner = Learner(cfg)
-    report = learner.learn_new_classes(args.data, show_progress=not args.quiet)
+    report = learner.learn_new_classes(args.data, show_progress=not args.quiet, privacy=_privacy_from_args(args))
     learner.save(learner_dir)
     doc: dict[str, Any] = {k: v for k, v in report.to_dict().items() if k != "epoch_losses"}
     doc["learner"] = str(learner_dir)
@@ -209,6 +209,7 @@ def _simulate(args: argparse.Namespace) -> int:
         value = getattr(args, field)
         if value is not None:
             setattr(budget, field, value)
+    budget.privacy = _privacy_from_args(args)
     sim.run_simulation(
         args.dataset, args.data_root, tasks=args.tasks, seed=args.seed, out_dir=args.out,
         compare_engine=args.compare_engine, budget=budget, server_epochs=args.server_epochs,
@@ -227,6 +228,50 @@ def _info(args: argparse.Namespace) -> int:
         info.update(describe(args.path))
     _print_json(info)
     return 0
+
+
+def _add_privacy_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("differential privacy (docs/PRIVACY.md)")
+    g.add_argument("--epsilon", type=float, help="make the update(s) differentially private at this epsilon (inf: BN-frozen, no noise); "
+                   "the private schedule is PrivacyConfig's (20 epochs, expected batch 64, lr 1)")
+    g.add_argument("--delta", type=float, default=1e-5, help="with --epsilon: delta (default 1e-5; must be below 1/N)")
+    g.add_argument("--max-grad-norm", type=float, help="with --epsilon: per-sample clipping norm (default: PrivacyConfig's)")
+    g.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
+
+
+def _privacy_from_args(args: argparse.Namespace):  # -> PrivacyConfig | None
+    if getattr(args, "epsilon", None) is None:
+        return None
+    from .config import PrivacyConfig
+
+    extra: dict[str, object] = {"max_grad_norm": args.max_grad_norm} if args.max_grad_norm is not None else {}
+    if args.epsilon == float("inf"):
+        extra["lr"] = None  # no clipping there: keep the learner's own (non-private) learning rate
+    pc = PrivacyConfig(target_epsilon=args.epsilon, delta=args.delta, accountant=args.accountant, **extra)
+    pc.validate()
+    return pc
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .privacy.audit import audit_path
+
+    doc = audit_path(args.target, args.members, args.non_members, base=args.base, shadows=args.shadows,
+                     n_dreams=args.dreams, out_dir=args.out, seed=args.seed)
+    print(json.dumps({k: v for k, v in doc.items() if k != "update"}, indent=2, default=str))
+    print(f"\nwrote {Path(args.out) / 'audit.json'}")
+    return 0
+
+
+def _add_audit_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
+    a = command("audit", "privacy audit of the latest update: membership inference, dream memorisation, persistence scan", _audit)
+    a.add_argument("target", help="a learner directory or a bundle directory")
+    a.add_argument("--members", required=True, help="the update's local images (ImageFolder tree, CIFAR dir or .npz)")
+    a.add_argument("--non-members", required=True, help="held-out images of the same classes")
+    a.add_argument("--base", help="the learner before the update (default for a bundle: its parent version, if kept)")
+    a.add_argument("--shadows", type=int, default=4, help="shadow updates for the calibrated (LiRA-style) attack")
+    a.add_argument("--dreams", type=int, default=256)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default="runs/audit", help="directory for audit.json and closest_dreams.png")
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -334,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     lr.add_argument("--eval", help="a labelled dataset to evaluate on afterwards (its accuracy goes into the JSON)")
     lr.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_privacy_args(lr)
 
     e = command("export", "export a saved learner as a new version of an ONNX bundle", _export)
     e.add_argument("learner", help="a directory written by Learner.save / abd-edge learn")
@@ -369,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     k = command("keygen", "create an ed25519 key pair for signing bundles", _keygen)
     k.add_argument("key", help="private key file to write (the public key goes to KEY.pub)")
     k.add_argument("--force", action="store_true", help="overwrite existing key files")
+    _add_privacy_args(s)
+    _add_audit_parser(command)
     return p
 
 

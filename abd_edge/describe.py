@@ -26,6 +26,16 @@ def _classes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(manifest.get("classes") or [], key=lambda c: c.get("index", 0))
 
 
+def _privacy_summary(privacy: Any) -> Any:
+    """The ledger's total claim (which classes have a DP guarantee and which do not); None without a ledger."""
+    ledger = (privacy or {}).get("ledger") if isinstance(privacy, dict) else None
+    if not ledger:
+        return None
+    from .privacy.ledger import summarize  # torch-free
+
+    return _safe(lambda: summarize(ledger))
+
+
 def describe_version(directory: Path) -> dict[str, Any]:
     """One bundle version: classes, sizes, runtime needs, quantisation, signature, privacy ledger."""
     from .signing import describe_signature
@@ -54,6 +64,7 @@ def describe_version(directory: Path) -> dict[str, Any]:
         "sizes": _sizes(manifest),
         "signature": _safe(lambda: describe_signature(directory, manifest)),
         "privacy": manifest.get("privacy"),
+        "privacy_summary": _privacy_summary(manifest.get("privacy")),
         "summary": manifest.get("summary"),
     }
 

@@ -12,13 +12,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
 
 from .config import TrainConfig
 from .data.augment import BatchAugment, to_unit_float
-from .dreaming import AutocastSpec, ReplaySampler, _autocast
+from .dreaming import AutocastSpec, ReplayBatch, ReplaySampler, _autocast
 from .errors import TrainingDivergedError
 from .methods.base import Method, StepOutputs, TaskContext
 from .models.resnet import CifarResNet
@@ -82,6 +83,80 @@ def batch_starts(n: int, batch_size: int) -> list[int]:
     return starts
 
 
+class BatchSource(Protocol):
+    """Where the loop's real batches come from: index tensors into the task's local images."""
+
+    @property
+    def steps_per_epoch(self) -> int: ...
+
+    def epoch(self, rng: torch.Generator) -> Iterator[torch.Tensor]: ...
+
+
+class ShuffledBatches:
+    """The default local-data batch source: a fresh permutation per epoch, fixed-size batches."""
+
+    def __init__(self, n: int, batch_size: int, device: torch.device) -> None:
+        self.n, self.batch_size, self.device = n, batch_size, device
+        self.starts = batch_starts(n, batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.starts)
+
+    def epoch(self, rng: torch.Generator) -> Iterator[torch.Tensor]:
+        order = torch.randperm(self.n, generator=rng, device=rng.device).to(self.device)
+        for s in self.starts:
+            yield order[s : s + self.batch_size]
+
+
+RunStep = Callable[[torch.Tensor, torch.Tensor, "ReplayBatch | None"], StepOutputs]
+
+
+class TrainingSetup:
+    """What the loop trains with: optimizer, local-data batches, and how one step's loss becomes an update.
+
+    The loop owns everything a method sees (augmentation, replay, the
+    forward passes, the schedule); a setup owns what differential privacy
+    must replace: where the local batches come from (Opacus's Poisson
+    sampler instead of a shuffle), which optimizer steps (a DPOptimizer that
+    clips and noises per-sample gradients), which modules train (BatchNorm
+    frozen), and how the loss of a step is split between private and public
+    parts. This default is the plain non-private update, one forward pass
+    over ``[real; dreamed]`` and one backward pass.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: BatchSource) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.batches = batches
+
+    @classmethod
+    def plain(cls, model: nn.Module, n: int, cfg: TrainConfig, device: torch.device) -> "TrainingSetup":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return cls(model, optimizer, ShuffledBatches(n, cfg.batch_size, device))
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+
+    def replay_size(self, n_real: int) -> int:
+        """How many dreamed images go beside a real batch of ``n_real``."""
+        return n_real
+
+    def step(
+        self, run: RunStep, method: Method, ctx: TaskContext, x: torch.Tensor, y: torch.Tensor, replay: "ReplayBatch | None"
+    ) -> dict[str, torch.Tensor]:
+        """One update from one real batch (and its dreamed batch); returns the loss terms to report."""
+        out = run(x, y, replay)
+        loss, parts = method.loss(ctx, out)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss, **parts}
+
+    def close(self) -> None:
+        """Undo anything the setup attached to the model (hooks, flags)."""
+
+
 def train_task(
     model: CifarResNet,
     method: Method,
@@ -98,80 +173,93 @@ def train_task(
     autocast: AutocastSpec | None = None,
     show_progress: bool = True,
     deadline: float | None = None,
+    setup: TrainingSetup | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on one task's data (already on the training device)."""
+    """Train ``model`` in place on one task's data (already on the training device).
+
+    ``setup`` supplies the optimizer, the local-data batches and the step
+    (default: :meth:`TrainingSetup.plain`); the differentially private
+    update of :mod:`abd_edge.privacy` passes its own.
+    """
     n = images.shape[0]
-    starts = batch_starts(n, cfg.batch_size)
-    total_steps = cfg.epochs * len(starts)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    if setup is None:
+        setup = TrainingSetup.plain(model, n, cfg, images.device)
+    optimizer = setup.optimizer
+    steps_per_epoch = setup.batches.steps_per_epoch
+    total_steps = cfg.epochs * steps_per_epoch
     old_model = ctx.old_model
     if old_model is not None:
         old_model.eval()
-    model.train()
+    setup.train_mode(model)
+
+    def run(x: torch.Tensor, y: torch.Tensor, rb: ReplayBatch | None) -> StepOutputs:
+        """Forward ``[x; dreamed]`` through the current (and, if needed, the previous) classifier."""
+        n_real = x.shape[0]
+        old_logits = old_feats = None
+        if rb is not None:
+            x = torch.cat([x, rb.images])
+            y = torch.cat([y, rb.labels])
+        x = x.contiguous(memory_format=memory_format)
+        with _autocast(autocast):
+            logits, feats = model.forward_features(x)
+        if method.uses_old_model and old_model is not None:
+            if n_real > 0:
+                with torch.no_grad(), _autocast(autocast):
+                    ol, of = old_model.forward_features(x[:n_real])
+                old_logits, old_feats = ol[:, : ctx.n_old].float(), of.float()
+                if rb is not None:
+                    old_logits = torch.cat([old_logits, rb.old_logits])
+                    old_feats = torch.cat([old_feats, rb.old_features])
+            elif rb is not None:
+                old_logits, old_feats = rb.old_logits, rb.old_features
+        return StepOutputs(logits.float(), feats.float(), y, n_real, old_logits, old_feats)
+
     result = TrainResult()
     start_time = time.perf_counter()
     step = 0
     bar = progress(range(total_steps), desc=f"train {method.name} ({ctx.n_old}->{ctx.n_seen} classes)", enabled=show_progress)
-    for epoch in range(cfg.epochs):
-        epoch_start = time.perf_counter()
-        order = torch.randperm(n, generator=rng, device=rng.device).to(images.device)
-        sums: dict[str, torch.Tensor] = {}
-        steps_done = 0
-        seen = 0
-        for s in starts:
-            lr = lr_at(step, total_steps, len(starts), cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[s : s + cfg.batch_size]
-            x = normalize(augment(to_unit_float(images[idx]), rng))
-            y = labels[idx]
-            n_real = x.shape[0]
-            old_logits = old_feats = None
-            if replay is not None:
-                rb = replay.sample(n_real)
-                x = torch.cat([x, rb.images])
-                y = torch.cat([y, rb.labels])
-            x = x.contiguous(memory_format=memory_format)
-            with _autocast(autocast):
-                logits, feats = model.forward_features(x)
-            if method.uses_old_model and old_model is not None:
-                with torch.no_grad(), _autocast(autocast):
-                    ol, of = old_model.forward_features(x[:n_real])
-                old_logits, old_feats = ol[:, : ctx.n_old].float(), of.float()
-                if replay is not None:
-                    old_logits = torch.cat([old_logits, rb.old_logits])
-                    old_feats = torch.cat([old_feats, rb.old_features])
-            out = StepOutputs(logits.float(), feats.float(), y, n_real, old_logits, old_feats)
-            loss, parts = method.loss(ctx, out)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in {"loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach()
-            step += 1
-            steps_done += 1
-            seen += n_real
-            bar.update(1)
-            if deadline is not None and time.perf_counter() > deadline:
-                result.stopped_early = True
+    try:
+        for epoch in range(cfg.epochs):
+            epoch_start = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}
+            steps_done = 0
+            seen = 0
+            for idx in setup.batches.epoch(rng):
+                lr = lr_at(step, total_steps, steps_per_epoch, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = normalize(augment(to_unit_float(images[idx]), rng))
+                y = labels[idx]
+                n_real = x.shape[0]
+                rb = replay.sample(setup.replay_size(n_real)) if replay is not None else None
+                parts = setup.step(run, method, ctx, x, y, rb)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach()
+                step += 1
+                steps_done += 1
+                seen += n_real
+                bar.update(1)
+                if deadline is not None and time.perf_counter() > deadline:
+                    result.stopped_early = True
+                    break
+            losses = {k: float(v) / max(1, steps_done) for k, v in sums.items()}
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise TrainingDivergedError(
+                    f"training diverged at epoch {epoch}: losses {losses}; nothing was changed (lower the learning rate)"
+                )
+            seconds = time.perf_counter() - epoch_start
+            result.epochs.append(EpochLog(epoch, lr, losses, seen, seconds))
+            result.real_images += seen
+            if "loss" in losses:
+                bar.set_postfix(loss=f"{losses['loss']:.3f}")
+            log.info("epoch %d/%d lr %.4g %s (%.0f img/s)", epoch + 1, cfg.epochs, lr,
+                     " ".join(f"{k}={v:.4f}" for k, v in losses.items()), seen / max(seconds, 1e-9))
+            if result.stopped_early:
+                log.warning("training stopped after %d of %d steps: time budget reached", step, total_steps)
                 break
-        losses = {k: float(v) / max(1, steps_done) for k, v in sums.items()}
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise TrainingDivergedError(
-                f"training diverged at epoch {epoch}: losses {losses}; nothing was changed (lower the learning rate)"
-            )
-        seconds = time.perf_counter() - epoch_start
-        result.epochs.append(EpochLog(epoch, lr, losses, seen, seconds))
-        result.real_images += seen
-        bar.set_postfix(loss=f"{losses['loss']:.3f}")
-        log.info("epoch %d/%d lr %.4g %s (%.0f img/s)", epoch + 1, cfg.epochs, lr,
-                 " ".join(f"{k}={v:.4f}" for k, v in losses.items()), seen / max(seconds, 1e-9))
-        if result.stopped_early:
-            log.warning("training stopped after %d of %d steps: time budget reached", step, total_steps)
-            break
-    bar.close()
+    finally:
+        setup.close()
+        bar.close()
     result.seconds = time.perf_counter() - start_time
     return result
 

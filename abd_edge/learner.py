@@ -15,7 +15,7 @@ from typing import Any, Hashable, Mapping, Sequence
 import torch
 
 from .auto_config import resolved_settings, settle_for_call, settle_for_data
-from .config import LearnerConfig
+from .config import LearnerConfig, PrivacyConfig
 from .data.adapters import as_labeled_images, images_to_tensor, with_batch_axis
 from .data.augment import BatchAugment, to_unit_float
 from .data.images import LabeledImages
@@ -107,7 +107,7 @@ class LearnReport:
     class_indices: list[int]
     n_images: int
     epoch_losses: list[dict[str, float]]
-    train_accuracy: float
+    train_accuracy: float | None  # None after a private update: a statistic of the local data
     train_seconds: float
     train_images_per_second: float
     dream_seconds: float
@@ -336,6 +336,7 @@ class Learner:
         dream: bool = True,
         time_budget_s: float | None = None,
         show_progress: bool = True,
+        privacy: PrivacyConfig | None = None,
     ) -> LearnReport:
         """Learn the classes in ``dataset`` (all new), then dream so the next call can replay them.
 
@@ -345,6 +346,9 @@ class Learner:
         label -> name, or a list aligned with the sorted new labels.
         ``dream=False`` skips generator training (a final task needs none).
         ``time_budget_s`` caps training plus dreaming; the report says if it cut in.
+        ``privacy`` makes the update differentially private (DP-SGD through
+        Opacus, BatchNorm frozen; docs/PRIVACY.md); a setting that cannot be
+        met raises PrivacyError before anything trains.
         """
         data: LabeledImages = as_labeled_images(dataset)
         st = self._state
@@ -363,6 +367,11 @@ class Learner:
 
         n_old, n_seen = len(st.registry), len(registry)
         first = st.model is None
+        plan = None
+        if privacy is not None:
+            from .privacy.dp import plan_update
+
+            plan = plan_update(privacy, len(data), cfg.later_tasks, first_task=first)
         task_index = st.tasks_learned
         c, h, w = data.image_shape
         if h != w:
@@ -402,8 +411,16 @@ class Learner:
         label_idx = torch.tensor(registry.indices_of(data.labels), device=self.device, dtype=torch.long)
         ctx = TaskContext(n_old=n_old, n_seen=n_seen, model=model, old_model=old_frozen)
         tcfg = cfg.first_task if first else cfg.later_tasks
+        setup = None
         replay = None
         try:
+            if plan is not None:
+                from .privacy.dp import make_setup
+
+                tcfg = plan.train_config(tcfg)
+                seed = privacy.noise_seed if privacy is not None and privacy.noise_seed is not None else int(
+                    torch.randint(0, 2**62, (1,), generator=self._seeded_generator(task_index, salt=3), device=self.device))
+                setup = make_setup(plan, model, tcfg, self.device, seed, rows=(n_old, n_seen))
             if not first and self.method.uses_replay and gen is not None and old_frozen is not None:
                 replay = ReplaySampler(
                     gen, old_frozen, n_old, rng,
@@ -411,20 +428,27 @@ class Learner:
                     memory_format=self._memory_format, autocast=self._autocast,
                 )
             log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
-            with GlobalNormClip(model.parameters(), tcfg.grad_clip_norm):
+            private = plan is not None and plan.config.private
+            # Opacus clips per sample and rebuilds .grad from them; a global clip hook would act on the wrong thing.
+            with GlobalNormClip(model.parameters(), None if private else tcfg.grad_clip_norm):
                 result: TrainResult = train_task(
                     model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
                     replay=replay, memory_format=self._memory_format, autocast=self._autocast,
-                    show_progress=show_progress, deadline=deadline,
+                    show_progress=show_progress, deadline=deadline, setup=setup,
                 )
             del replay
             align = None
             if not first and cfg.head_balance == "weight_align":
                 align = weight_align(model.last, n_old, n_seen)
-            train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng)
-            # A few of this call's images (in locals only, dropped at return) to compare the dreams' spread with.
-            probe = torch.arange(0, images.shape[0], max(1, images.shape[0] // 512), device=images.device)[:512]
-            probe_x, probe_y = normalizer(to_unit_float(images[probe])), label_idx[probe]
+            if private:
+                # Accuracy and feature spread on the local images are statistics of them: a private update reports neither.
+                train_acc = None
+                probe_x = probe_y = None
+            else:
+                train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng)
+                # A few of this call's images (in locals only, dropped at return) to compare the dreams' spread with.
+                probe = torch.arange(0, images.shape[0], max(1, images.shape[0] // 512), device=images.device)[:512]
+                probe_x, probe_y = normalizer(to_unit_float(images[probe])), label_idx[probe]
             del images
             dream_report = DreamReport(0, 0.0, {}, {})
             diversity = None
@@ -461,8 +485,9 @@ class Learner:
             stopped_early=stopped,
             head_align_factor=align,
             data_settings=resolved_settings(cfg, per_call),
-            learned_new_classes=train_acc >= cfg.new_class_accuracy_floor,
+            learned_new_classes=None if train_acc is None else train_acc >= cfg.new_class_accuracy_floor,
             dream_diversity=diversity.to_dict() if diversity is not None else None,
+            privacy=self._ledger_entry(task_index, n_old, n_seen, new_labels, len(data), setup, first),
         )
         _warn_about(report, cfg.new_class_accuracy_floor)
         # Commit: swap in the new state as a whole.
@@ -473,6 +498,28 @@ class Learner:
         self.config = settled
         self.history.append(report)
         return report
+
+    def _ledger_entry(self, task_index: int, n_old: int, n_seen: int, labels: list[Any], n_images: int,
+                      setup: Any, first: bool) -> dict[str, Any]:
+        from .privacy import ledger
+
+        classes = list(range(n_old, n_seen))
+        if setup is None:
+            return ledger.non_private_entry(task_index, classes, labels, n_images, first=first)
+        return ledger.private_entry(task_index, classes, labels, n_images, setup.ledger_fields(), self.privacy_ledger)
+
+    @property
+    def privacy_ledger(self) -> list[dict[str, Any]]:
+        """One JSON-safe entry per learned task: epsilon ("inf" if not private), delta, accountant, noise, steps, ...."""
+        from .privacy.ledger import ledger_from_history
+
+        return ledger_from_history(self.history)
+
+    @property
+    def privacy_summary(self) -> dict[str, Any]:
+        from .privacy.ledger import summarize
+
+        return summarize(self.privacy_ledger)
 
     def _normalizer_for(self, data: LabeledImages) -> Normalizer:
         cfg = self.config

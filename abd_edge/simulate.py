@@ -10,6 +10,10 @@ the test images of every class seen so far. Side by side:
 * ``finetune``: a device that updates without replay or distillation;
 * ``engine`` (``--compare-engine``): the same updates in the training
   engine, evaluated with torch, to show the device loses nothing.
+
+With ``budget.privacy`` (``abd-edge simulate --epsilon E``) the ``abd``
+device's updates are differentially private (and the engine's, if
+compared); ``finetune`` stays the non-private reference row.
 """
 
 from __future__ import annotations
@@ -107,7 +111,11 @@ def run_simulation(
 
     # The simulation measures what each update does, good or bad, so its devices commit without the quality gate.
     ungated = QualityGate(enabled=False)
-    devices = {name: runtime.open(out / f"bundle-{name}", budget=dataclasses.replace(budget), quality=ungated) for name in DEVICES}
+    devices = {
+        name: runtime.open(out / f"bundle-{name}", quality=ungated,
+                           budget=dataclasses.replace(budget, privacy=None if name == "finetune" else budget.privacy))
+        for name in DEVICES
+    }
     engine = None
     if compare_engine:
         engine = Learner.load(devices["abd"].version_dir / "learner", device="cpu")
@@ -138,6 +146,7 @@ def run_simulation(
         row["peak_rss_mb"] = upd.peak_rss_mb if upd else None
         row["stopped_early"] = upd.stopped_early if upd else False
         row["version"] = devices["abd"].version
+        row["epsilon"] = upd.privacy.get("epsilon") if upd and upd.privacy else None
         return row
 
     seen = list(steps[0])
@@ -153,7 +162,7 @@ def run_simulation(
         updates["finetune"] = devices["finetune"].learn_new_classes(local_data, step_names, method="finetune", show_progress=show_progress)
         if engine is not None:
             t = time.perf_counter()
-            engine.learn_new_classes(local_data, step_names, show_progress=show_progress)
+            engine.learn_new_classes(local_data, step_names, show_progress=show_progress, privacy=budget.privacy)
             updates["engine_seconds"] = time.perf_counter() - t
         del local_data, local
         seen += classes
@@ -162,7 +171,9 @@ def run_simulation(
 
     doc = {
         "simulation": {"dataset": dataset, "tasks": tasks, "seed": seed, "class_order": order, "steps": steps,
-                       "budget": dataclasses.asdict(budget), "compare_engine": compare_engine,
+                       "budget": {**dataclasses.asdict(dataclasses.replace(budget, privacy=None)),
+                                  "privacy": budget.privacy.to_dict() if budget.privacy is not None else None},
+                       "compare_engine": compare_engine,
                        "server_seconds": server_seconds, "server_config": cfg.to_dict()},
         "environment": environment(),
         "rows": rows,

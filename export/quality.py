@@ -83,8 +83,8 @@ def dream_old_classes(learner: "Learner", gate: QualityGate, seed: int = 0) -> "
 def check_update(
     learner: "Learner",
     *,
-    new_images: "torch.Tensor",
-    train_accuracy: float,
+    new_images: "torch.Tensor | None",
+    train_accuracy: float | None,
     n_old: int,
     old_dreamed: "torch.Tensor | None",
     gate: QualityGate,
@@ -94,17 +94,24 @@ def check_update(
     ``new_images``: the update's images (uint8 NCHW, a sample is enough);
     ``old_dreamed``: from :func:`dream_old_classes` before the update;
     ``n_old``: the number of classes the parent version knew.
+
+    A differentially private update passes ``new_images=None`` and
+    ``train_accuracy=None``: whether to commit must not depend on the local
+    data outside the DP mechanism (docs/PRIVACY.md), so only the checks on
+    dreamed images run, and the others are recorded as not checked.
     """
     import torch
 
-    acc = float(train_accuracy)
-    checks: dict[str, Any] = {"gate": gate.to_dict(), "train_accuracy": acc if math.isfinite(acc) else None}
+    private = new_images is None
+    acc = None if train_accuracy is None else float(train_accuracy)
+    checks: dict[str, Any] = {"gate": gate.to_dict(), "train_accuracy": acc if acc is not None and math.isfinite(acc) else None}
+    if private:
+        checks["train_accuracy"] = "not checked: a private update decides on dreamed images only"
     if not gate.enabled:
         checks["passed"] = True
         return checks
     reasons: list[str] = []
-    new_logits = learner.logits(new_images[: gate.new_images])
-    outputs = [new_logits]
+    outputs = [] if private else [learner.logits(new_images[: gate.new_images])]
     old_share = None
     if old_dreamed is not None and n_old > 0:
         with torch.no_grad():
@@ -112,18 +119,18 @@ def check_update(
             old_logits = model(old_dreamed.to(next(model.parameters()).device))[:, : learner.num_classes].float().cpu()
         outputs.append(old_logits)
         old_share = float((old_logits.argmax(1) < n_old).float().mean()) if torch.isfinite(old_logits).all() else 0.0
-    all_logits = torch.cat([o.reshape(-1) for o in outputs])
+    all_logits = torch.cat([o.reshape(-1) for o in outputs]) if outputs else torch.zeros(0)
     finite = bool(torch.isfinite(all_logits).all())
     finite_part = all_logits[torch.isfinite(all_logits)]
-    max_abs = float(finite_part.abs().max()) if finite_part.numel() else math.inf
+    max_abs = float(finite_part.abs().max()) if finite_part.numel() else (0.0 if finite else math.inf)
     checks.update(finite=finite, max_abs_logit=max_abs if math.isfinite(max_abs) else None, old_class_share=old_share)
     if not finite:
         reasons.append("the updated model outputs non-finite logits (NaN or inf)")
     elif max_abs > gate.max_abs_logit:
         reasons.append(f"its largest |logit| is {max_abs:.3g}, above max_abs_logit={gate.max_abs_logit:g} (training blew up)")
-    if not math.isfinite(train_accuracy) or train_accuracy < gate.min_train_accuracy:
+    if acc is not None and (not math.isfinite(acc) or acc < gate.min_train_accuracy):
         reasons.append(
-            f"its accuracy on its own new data is {train_accuracy:.3f}, below min_train_accuracy={gate.min_train_accuracy:g}"
+            f"its accuracy on its own new data is {acc:.3f}, below min_train_accuracy={gate.min_train_accuracy:g}"
         )
     if old_share is not None and old_share < gate.min_old_class_share:
         reasons.append(

@@ -50,6 +50,7 @@ class DeviceBudget:
     batch_size: int | None = None  # None: the learner's own
     threads: int | None = None
     time_budget_s: float | None = None
+    privacy: Any = None  # a PrivacyConfig (or its dict): DP updates; its epochs/batch_size/lr, if set, replace the above
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -62,6 +63,14 @@ class DeviceBudget:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"time_budget_s must be positive, got {self.time_budget_s}")
+        if self.privacy is not None:
+            from abd_edge.config import PrivacyConfig
+
+            if isinstance(self.privacy, dict):
+                self.privacy = PrivacyConfig.from_dict(self.privacy)
+            if not isinstance(self.privacy, PrivacyConfig):
+                raise ConfigError(f"privacy must be a PrivacyConfig, a dict of one, or None, got {type(self.privacy).__name__}")
+            self.privacy.validate()
 
 
 @dataclass
@@ -396,9 +405,12 @@ class DeviceLearner:
                 n_old = learner.num_classes
                 replays = learner.method.uses_replay
                 old_dreamed = dream_old_classes(learner, gate, seed=learner.tasks_learned) if replays else None
-                rep = learner.learn_new_classes(data, class_names, time_budget_s=b.time_budget_s, show_progress=show_progress)
+                rep = learner.learn_new_classes(data, class_names, time_budget_s=b.time_budget_s,
+                                                show_progress=show_progress, privacy=b.privacy)
+                private = bool(rep.privacy and rep.privacy.get("private"))
                 quality_checks = check_update(
-                    learner, new_images=data.images, train_accuracy=rep.train_accuracy, n_old=n_old,
+                    learner, new_images=None if private else data.images,
+                    train_accuracy=None if private else rep.train_accuracy, n_old=n_old,
                     old_dreamed=old_dreamed, gate=gate,
                 )
                 if not replays:
@@ -448,6 +460,10 @@ class DeviceLearner:
         version, manifest = self.store.switch(to)  # verified once, under the lock
         self._load(version, manifest)
         return version
+
+    def privacy(self) -> list[dict[str, Any]]:
+        """The privacy ledger of this version: one entry per learned task (epsilon "inf" where not private)."""
+        return list((self.manifest.get("privacy") or {}).get("ledger", []))
 
     def history(self) -> list[dict[str, Any]]:
         """Every kept version: version, parent, created, classes, accuracies, seconds, privacy spent."""

@@ -1,0 +1,311 @@
+"""DP-SGD for a local update: the glue between the training loop's seam and Opacus.
+
+Which gradient is private, which is public (docs/PRIVACY.md has the argument):
+
+* private, per-sample clipped and noised: every term computed from a local
+  image. The method's loss is evaluated on the real batch alone, so each
+  row's loss (ABD: local CE + head CE on its features + feature
+  distillation against the previous model) depends on that one image only;
+  BatchNorm runs in eval mode with frozen statistics and affine parameters,
+  so rows never interact and no statistic of the local data is computed.
+  Opacus's GradSampleModule captures the per-row gradients, its DPOptimizer
+  clips each to ``max_grad_norm``, sums, adds Gaussian noise of standard
+  deviation ``noise_multiplier * max_grad_norm`` and divides by the
+  *expected* batch size; its Poisson-sampling loader draws the rows.
+* public, added after the noise: the method's loss on the dreamed batch
+  alone (images from the generator, labels and distillation targets from the
+  previous released model). It is a function of released models and of the
+  current weights only, so adding its gradient is post-processing. The
+  dreamed batch has a fixed size (the expected real batch), never the size
+  of the Poisson draw, which is itself private.
+
+Per step the update is ``(sum_i clip(g_i) + N(0, s^2 C^2)) / B + g_public``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..config import PrivacyConfig, TrainConfig, encode_epsilon
+from ..engine import RunStep, ShuffledBatches, TrainingSetup
+from ..errors import PrivacyError
+from ..methods.base import Method, TaskContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrivatePlan:
+    """Everything fixed before a private update trains, checked before anything changes."""
+
+    config: PrivacyConfig
+    n_images: int
+    batch_size: int  # the loader's nominal batch; Poisson draws vary around it
+    epochs: int
+    sample_rate: float
+    expected_batch_size: int
+    steps: int
+    noise_multiplier: float  # 0 for a non-private (epsilon = inf) update
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        cfg = self.config
+        return dataclasses.replace(base, epochs=self.epochs, batch_size=max(2, self.batch_size),
+                                   lr=cfg.lr if cfg.lr is not None else base.lr)
+
+
+def plan_update(privacy: PrivacyConfig, n_images: int, base: TrainConfig, *, first_task: bool) -> PrivatePlan:
+    """Validate a private update and find its noise multiplier, or raise PrivacyError (nothing trained yet)."""
+    privacy.validate()
+    if first_task:
+        raise PrivacyError(
+            "a private update needs a learner that has already learned its base classes: the first task trains the "
+            "network from scratch, BatchNorm statistics included, on its data; learn the base classes (non-private, "
+            "e.g. on the server) first, then make private updates"
+        )
+    n = n_images
+    if n < 2:
+        raise PrivacyError(f"a private update needs at least 2 local images, got {n}")
+    if privacy.private and privacy.delta >= 1.0 / n:
+        raise PrivacyError(
+            f"delta={privacy.delta:g} is not below 1/N = 1/{n} = {1 / n:.3g}: such a delta allows releasing a whole "
+            f"local image; choose delta well below 1/N (e.g. {min(1e-5, 0.1 / n):.1g})"
+        )
+    batch = min(privacy.batch_size or base.batch_size, n)
+    epochs = privacy.epochs or base.epochs
+    n_batches = math.ceil(n / batch)
+    sample_rate = 1.0 / n_batches  # what Opacus derives from the loader's length
+    steps = epochs * n_batches
+    expected = max(1, int(n * sample_rate))  # Opacus's expected batch size
+    sigma = 0.0
+    if privacy.private:
+        from opacus.accountants.utils import get_noise_multiplier
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sigma = float(get_noise_multiplier(
+                    target_epsilon=privacy.target_epsilon, target_delta=privacy.delta, sample_rate=sample_rate,
+                    steps=steps, accountant=privacy.accountant,
+                ))
+        except ValueError as e:
+            raise PrivacyError(
+                f"target_epsilon={privacy.target_epsilon:g} (delta={privacy.delta:g}) is unreachable for {n} images "
+                f"with {steps} steps at sample rate {sample_rate:.3g}: {e} Raise epsilon, or lower epochs"
+            ) from None
+        if sigma > privacy.max_noise_multiplier:
+            raise PrivacyError(
+                f"target_epsilon={privacy.target_epsilon:g} needs a noise multiplier of {sigma:.3g} for {n} images, "
+                f"{steps} steps at sample rate {sample_rate:.3g}, above max_noise_multiplier="
+                f"{privacy.max_noise_multiplier:g}: the update would be noise. Raise epsilon, lower epochs, or gather "
+                f"more local images"
+            )
+    return PrivatePlan(privacy, n, batch, epochs, sample_rate, expected, steps, sigma)
+
+
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class FrozenBNSetup(TrainingSetup):
+    """A non-private update with BatchNorm frozen (eval mode, no affine gradient): epsilon = inf.
+
+    It trains what the private update trains, with the same schedule,
+    without clipping or noise, so the two differ only by the noise.
+    """
+
+    def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device,
+                 rows: tuple[int, int] | None = None) -> None:
+        self.plan = plan
+        self._flags = [(p, p.requires_grad) for p in model.parameters()]
+        self._head = model.last  # type: ignore[union-attr]
+        self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if plan.config.trainable == "new_head":
+            # Only this update's classes' head rows move: every other row is restored after each step.
+            # Restoring released values is post-processing, and it keeps the noise out of the old classes.
+            assert rows is not None
+            keep = torch.ones(self._head.out_features, dtype=torch.bool, device=self._head.weight.device)
+            keep[rows[0] : rows[1]] = False
+            self._kept = [(p, keep) for p in (self._head.weight, self._head.bias)]
+            self._saved = [p.detach()[keep].clone() for p, _ in self._kept]
+        for bn in _batchnorms(model):
+            for p in bn.parameters():
+                p.requires_grad_(False)
+        if plan.config.trainable in ("head", "new_head"):
+            head = {id(p) for p in model.last.parameters()}  # type: ignore[union-attr]
+            for p in model.parameters():
+                if id(p) not in head:
+                    p.requires_grad_(False)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        super().__init__(model, optimizer, ShuffledBatches(plan.n_images, plan.batch_size, device))
+        self.steps_taken = 0
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+        for bn in _batchnorms(model):
+            bn.eval()  # normalise with the stored statistics and never update them
+
+    def step(self, run: RunStep, method: Method, ctx: TaskContext, x: torch.Tensor, y: torch.Tensor, replay: Any) -> dict[str, torch.Tensor]:
+        self.steps_taken += 1
+        out = super().step(run, method, ctx, x, y, replay)
+        self.restore_frozen_rows()
+        return out
+
+    @torch.no_grad()
+    def restore_frozen_rows(self) -> None:
+        for (p, keep), saved in zip(self._kept, getattr(self, "_saved", [])):
+            p[keep] = saved
+
+    def close(self) -> None:
+        for p, flag in self._flags:
+            p.requires_grad_(flag)
+            p.grad = None
+
+    def ledger_fields(self) -> dict[str, Any]:
+        return {"private": False, "epsilon": encode_epsilon(math.inf), "delta": None, "accountant": None,
+                "noise_multiplier": 0.0, "steps": self.steps_taken, "sample_rate": None,
+                "expected_batch_size": self.plan.batch_size, "max_grad_norm": None,
+                "bn": "frozen", "trainable": self.plan.config.trainable, "config": self.plan.config.to_dict()}
+
+
+class PoissonBatches:
+    """Index batches from Opacus's Poisson-sampling loader over the local images (and nothing else)."""
+
+    def __init__(self, loader: Any, device: torch.device) -> None:
+        self.loader = loader
+        self.device = device
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, rng: torch.Generator) -> Iterator[torch.Tensor]:
+        for (idx,) in self.loader:
+            yield idx.to(self.device)
+
+
+class DPSetup(FrozenBNSetup):
+    """DP-SGD through Opacus on the local-data terms; dreamed terms added after the noise."""
+
+    def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device, seed: int,
+                 rows: tuple[int, int] | None = None) -> None:
+        from opacus import PrivacyEngine
+        from torch.utils.data import DataLoader, TensorDataset
+
+        super().__init__(model, plan, cfg, device, rows)
+        pc = plan.config
+        # The private loader holds indices of the local images only: dreamed images never enter it.
+        self.local_indices = TensorDataset(torch.arange(plan.n_images))
+        loader = DataLoader(self.local_indices, batch_size=plan.batch_size)
+        noise = torch.Generator(device=device).manual_seed(seed)
+        self.train_mode(model)  # Opacus validates a module in training mode (with BatchNorm frozen in eval)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            self.engine = PrivacyEngine(accountant=pc.accountant)
+            self.gsm, self.optimizer, dp_loader = self.engine.make_private(
+                module=model, optimizer=self.optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=pc.max_grad_norm, poisson_sampling=True, clipping="flat", noise_generator=noise,
+                grad_sample_mode="hooks", loss_reduction="mean",
+            )
+        dp_loader.batch_sampler.generator = torch.Generator().manual_seed(seed + 1)
+        self.loader = dp_loader
+        self.batches = PoissonBatches(dp_loader, device)
+        assert abs(self.optimizer.expected_batch_size - plan.expected_batch_size) < 1e-9
+        log.info("private update: noise multiplier %.3f, sample rate %.4f, %d steps, clipping norm %g",
+                 plan.noise_multiplier, plan.sample_rate, plan.steps, pc.max_grad_norm)
+
+    def replay_size(self, n_real: int) -> int:
+        return self.plan.expected_batch_size  # fixed: the Poisson draw's size is private
+
+    def step(self, run: RunStep, method: Method, ctx: TaskContext, x: torch.Tensor, y: torch.Tensor, replay: Any) -> dict[str, torch.Tensor]:
+        with warnings.catch_warnings():
+            # With only the head trained, no layer input requires grad; Opacus's full backward hooks still fire correctly.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return self._step(run, method, ctx, x, y, replay)
+
+    def _step(self, run: RunStep, method: Method, ctx: TaskContext, x: torch.Tensor, y: torch.Tensor, replay: Any) -> dict[str, torch.Tensor]:
+        opt = self.optimizer
+        reported: dict[str, torch.Tensor] = {}
+        public: tuple[torch.Tensor | None, ...] | None = None
+        if replay is not None:
+            self.gsm.disable_hooks()  # public pass: nothing captured per sample, never clipped per sample or counted
+            try:
+                out = run(x[:0], y[:0], replay)
+                loss_public, parts = method.loss(ctx, out)
+                public = self._public_gradient(loss_public)
+            finally:
+                self.gsm.enable_hooks()
+            reported = {"replay_loss": loss_public.detach(), **{f"replay_{k}": v.detach() for k, v in parts.items()}}
+        opt.zero_grad(set_to_none=True)
+        if x.shape[0] > 0:
+            out = run(x, y, None)
+            loss_private, _ = method.loss(ctx, out)
+            if not torch.isfinite(loss_private):
+                raise FloatingPointError("private update diverged (non-finite loss on the local batch)")
+            loss_private.backward()
+        else:  # an empty Poisson draw: the step is noise alone, as the accountant assumes
+            for p in self.params:
+                p.grad_sample = torch.zeros((1, *p.shape), device=p.device, dtype=p.dtype)  # type: ignore[attr-defined]
+        if opt.pre_step():  # clip per sample, sum, add noise, divide by the expected batch, tell the accountant
+            if public is not None:
+                for p, g in zip(self.params, public):
+                    if g is not None:
+                        p.grad.add_(g)  # type: ignore[union-attr]
+            opt.original_optimizer.step()
+            self.restore_frozen_rows()
+        self.steps_taken += 1
+        return reported
+
+    def _public_gradient(self, loss: torch.Tensor) -> tuple[torch.Tensor | None, ...] | None:
+        """Gradient of the dreamed-batch loss (run with hooks off), norm capped at C if ``clip_public``.
+
+        The cap is not needed for privacy (the dreamed batch is public); it
+        is a safeguard for balance: per-sample clipping bounds the private
+        mean by C, while a raw public gradient is unbounded and could
+        outweigh it. Capping it at the norm the private mean can reach keeps
+        the two parts on one scale (on digits it did not bind: ~0.4 < C=1).
+        """
+        if not loss.requires_grad:
+            return None
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        if not self.plan.config.clip_public:
+            return grads
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))  # type: ignore[arg-type]
+        factor = (self.plan.config.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+        return tuple(None if g is None else g * factor for g in grads)
+
+    def close(self) -> None:
+        self.gsm._close()  # remove Opacus's hooks and per-sample buffers from the model
+        super().close()
+
+    def epsilon_spent(self) -> float:
+        if not self.engine.accountant.history:
+            return 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(self.engine.accountant.get_epsilon(delta=self.plan.config.delta))
+
+    def ledger_fields(self) -> dict[str, Any]:
+        pc = self.plan.config
+        steps = sum(int(h[2]) for h in self.engine.accountant.history)
+        return {"private": True, "epsilon": self.epsilon_spent(), "delta": pc.delta, "accountant": pc.accountant,
+                "noise_multiplier": self.plan.noise_multiplier, "steps": steps, "sample_rate": self.plan.sample_rate,
+                "expected_batch_size": self.plan.expected_batch_size, "max_grad_norm": pc.max_grad_norm,
+                "bn": "frozen", "trainable": pc.trainable, "target_epsilon": pc.target_epsilon,
+                "secure_rng": False, "config": pc.to_dict()}
+
+
+def make_setup(plan: PrivatePlan, model: nn.Module, cfg: TrainConfig, device: torch.device, seed: int,
+               rows: tuple[int, int] | None = None) -> FrozenBNSetup:
+    """``rows``: the head rows of this update's classes (for ``trainable="new_head"``)."""
+    if plan.config.private:
+        return DPSetup(model, plan, cfg, device, seed, rows)
+    return FrozenBNSetup(model, plan, cfg, device, rows)
