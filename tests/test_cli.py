@@ -181,7 +181,10 @@ def test_info_on_root_version_and_learner_without_torch(npz_tasks, tmp_path):
     assert root["kind"] == "bundle" and root["current_version"] == "v000001" and len(root["versions"]) == 1
     cur = root["current"]
     assert [c["label"] for c in cur["classes"]] == [0, 1] and cur["sizes"]["total_bytes"] > 0
-    assert cur["signature"]["valid"] is True and cur["privacy"] == {"ledger": []} and cur["min_onnxruntime"] == "1.14"
+    assert cur["signature"]["valid"] is True and cur["min_onnxruntime"] == "1.14"
+    ledger = cur["privacy"]["ledger"]  # the server's task: recorded, without a DP guarantee
+    assert len(ledger) == 1 and ledger[0]["epsilon"] == "inf" and not ledger[0]["private"]
+    assert cur["privacy_summary"] is not None
     assert len(cur["history"]) == 1
     assert docs["version"]["version"] == "v000001"
     assert docs["learner"]["kind"] == "learner" and docs["learner"]["tasks_learned"] == 1
