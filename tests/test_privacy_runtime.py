@@ -54,7 +54,7 @@ def test_info_prints_the_ledger_summary(bundle_dir, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["privacy_summary"]["labels_without_guarantee"] == [0, 1]
     assert info["privacy_summary"]["total_claim"].startswith("none")
-    assert info["manifest"]["privacy"]["ledger"][0]["epsilon"] == "inf"
+    assert info["privacy"]["ledger"][0]["epsilon"] == "inf"  # describe() of a version: the ledger as the manifest has it
 
 
 def test_device_refuses_a_bad_private_update_and_keeps_its_version(bundle_dir, tmp_path):
