@@ -238,3 +238,11 @@ def test_train_task_uses_the_supplied_setup():
     torch.manual_seed(0)
     fresh = build_backbone("resnet20", 4, 1)
     assert all(torch.equal(a, b) for (k, a), b in zip(fresh.named_parameters(), still.parameters()))
+
+
+def test_privacy_config_is_a_top_level_name():
+    """The README's quickstart imports it from the package, like the other configs."""
+    import abd_edge
+    from abd_edge.config import PrivacyConfig
+
+    assert abd_edge.PrivacyConfig is PrivacyConfig and "PrivacyConfig" in abd_edge.__all__
