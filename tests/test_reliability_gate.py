@@ -131,3 +131,15 @@ def test_check_update_flags_collapse_and_non_finite_outputs(base):
 def test_gate_thresholds_are_validated(kwargs):
     with pytest.raises(ConfigError):
         QualityGate(**kwargs).validate()
+
+
+def test_a_private_update_is_judged_on_dreams_only(base):
+    """A DP update's commit decision must not look at its local images (docs/PRIVACY.md)."""
+    learner, _, old, _ = updated(base[0])
+    never_met = QualityGate(min_train_accuracy=1.0)  # would refuse any update judged on its own data
+    checks = check_update(learner, new_images=None, train_accuracy=None, n_old=2, old_dreamed=old, gate=never_met)
+    assert checks["passed"] and checks["train_accuracy"].startswith("not checked")
+    with torch.no_grad():
+        learner.model.last.bias[2:4] += 50.0
+    with pytest.raises(UpdateRejectedError, match="old classes collapsed"):
+        check_update(learner, new_images=None, train_accuracy=None, n_old=2, old_dreamed=old, gate=never_met)
