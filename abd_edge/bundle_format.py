@@ -2,9 +2,11 @@
 
 This module is deliberately free of torch (and of anything heavy): the
 training side writes through it and the device runtime reads through it, so
-both agree on one manifest schema, one hashing rule and one way to commit a
-directory atomically. A manifest lists every file with its size and sha256;
-nothing in a directory is trusted before the manifest has been checked.
+both agree on one manifest envelope and one hashing rule (the typed bundle
+manifest is :mod:`abd_edge.bundle_schema`; committing is
+:mod:`abd_edge.atomic`). A manifest lists every file with its size and
+sha256; nothing in a directory is trusted before the manifest has been
+checked, and each file is hashed once per write and once per read.
 
 The manifest itself is covered too: ``manifest.sha256`` beside it holds the
 sha256 of its canonical JSON (:func:`manifest_digest`), so a hand-edited
@@ -18,58 +20,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
-import signal
-import stat
-import tempfile
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Container, Iterable, Mapping
 
-try:  # POSIX only: flock marks a staging directory as in use
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
+from .atomic import fault_point, fsync_path, fsync_tree, publish_modes  # noqa: F401 - re-exported for writers
+from .bundle_schema import (  # noqa: F401 - re-exported: the names every reader and writer shares
+    CLASSIFIER_INT8_ONNX,
+    CLASSIFIER_ONNX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GENERATOR_ONNX,
+    LEARNER_DIR,
+    MANIFEST,
+    MANIFEST_DIGEST,
+    RESERVED_NAMES,
+    SIGNATURE,
+    SUPPORTED_VERSIONS,
+    WRITE_VERSIONS,
+)
 from .errors import BundleError, BundleIntegrityError, BundleMissingFileError, BundleVersionError
-
-MANIFEST = "manifest.json"
-#: sha256 of the manifest's canonical JSON, written beside it (see :func:`manifest_digest`).
-MANIFEST_DIGEST = "manifest.sha256"
-#: ed25519 signature over the manifest digest (abd_edge.signing); it signs the manifest, so the manifest cannot list it.
-SIGNATURE = "signature.json"
-#: Names beside the manifest that the manifest cannot list (they cover the manifest itself).
-RESERVED_NAMES = frozenset({MANIFEST, MANIFEST_DIGEST, SIGNATURE})
-FORMAT_NAME = "abd-edge"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-
-# The files of a deployment bundle version (abd_edge.export writes them, abd_edge.runtime reads them).
-CLASSIFIER_ONNX = "classifier.onnx"
-CLASSIFIER_INT8_ONNX = "classifier.int8.onnx"
-GENERATOR_ONNX = "generator.onnx"
-LEARNER_DIR = "learner"
-
-#: Environment variable read by :func:`fault_point` (a test hook, see there).
-FAULT_ENV = "ABD_EDGE_FAULT_POINT"
-
-
-def fault_point(name: str) -> None:
-    """Test hook: die abruptly at the named step if ``ABD_EDGE_FAULT_POINT`` says so.
-
-    Crash safety cannot be tested by raising exceptions (``finally`` blocks
-    and context managers would still run), so the writers of bundles call
-    ``fault_point("staged")``, ``fault_point("renamed")``, ... between their
-    durable steps, and a test sets ``ABD_EDGE_FAULT_POINT=<name>`` in a child
-    process to have it SIGKILLed exactly there, as a power cut would. When the
-    variable is unset (always, in production) this is a dictionary lookup.
-    """
-    if os.environ.get(FAULT_ENV) == name:
-        # SIGKILL cannot be caught or cleaned up after: nothing runs past here.
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
-
+from .saved_dir import (  # noqa: F401 - re-exported: saving a learner in place
+    check_save_target,
+    clean_staging,
+    commit_dir,
+    owned_entries,
+    recover_dir,
+    staging_dir,
+)
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -80,43 +57,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_path(path: str | os.PathLike[str]) -> None:
-    """fsync a file or a directory (so a rename inside it is durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish_modes(directory: str | os.PathLike[str]) -> None:
-    """Directories 0755 and files 0644: staging directories are created 0700 by mkdtemp,
-    and a committed learner or bundle must be readable by the service that serves it."""
-    root = Path(directory)
-    for dirpath, _dirnames, filenames in os.walk(root):
-        os.chmod(dirpath, 0o755)
-        for name in filenames:
-            p = Path(dirpath, name)
-            if not p.is_symlink():
-                os.chmod(p, 0o644)
-
-
-def fsync_tree(directory: str | os.PathLike[str]) -> None:
-    """fsync every regular file and every directory under ``directory`` (itself included).
-
-    A directory is only durably committed by a rename if its contents reached
-    the disk first, including files in subdirectories; directories are
-    synced after their contents so their entries are durable too.
-    """
-    root = Path(directory)
-    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            p = Path(dirpath, name)
-            if p.is_file() and not p.is_symlink():
-                fsync_path(p)
-        fsync_path(dirpath)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -140,11 +80,25 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise BundleIntegrityError(f"{p} is not valid JSON: {e}") from None
 
 
-def file_entries(directory: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+def file_entries(
+    directory: Path, names: Iterable[str], known: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{name: {sha256, bytes}}``; names in ``known`` reuse that entry (same size required) instead of hashing again.
+
+    ``known`` is for files this process hashed a moment ago while writing
+    them (a learner saved inside a bundle version has its own manifest):
+    every file of a new version is hashed once at export.
+    """
+    known = known or {}
     entries = {}
     for name in sorted(names):
         p = directory / name
-        entries[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        size = p.stat().st_size
+        prior = known.get(name)
+        if prior is not None and prior.get("bytes") == size and isinstance(prior.get("sha256"), str):
+            entries[name] = {"sha256": prior["sha256"], "bytes": size}
+        else:
+            entries[name] = {"sha256": sha256_file(p), "bytes": size}
     return entries
 
 
@@ -165,15 +119,23 @@ def _digest_line(manifest: Any) -> str:
     return f"{manifest_digest(manifest)}\n"
 
 
-def write_manifest(directory: str | os.PathLike[str], kind: str, files: Iterable[str], **fields: Any) -> dict[str, Any]:
-    """Hash ``files`` (relative to ``directory``) and write the manifest, then its digest, last."""
+def write_manifest(
+    directory: str | os.PathLike[str],
+    kind: str,
+    files: Iterable[str],
+    *,
+    known: Mapping[str, Mapping[str, Any]] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Hash ``files`` (relative to ``directory``; see :func:`file_entries` for ``known``) and write the manifest,
+    then its digest, last. ``fields`` may not set the envelope (format, version, kind, files)."""
     d = Path(directory)
     manifest = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "files": file_entries(d, files),
         **fields,
+        "format": FORMAT_NAME,
+        "format_version": WRITE_VERSIONS.get(kind, FORMAT_VERSION),
+        "kind": kind,
+        "files": file_entries(d, files, known),
     }
     write_json(d / MANIFEST, manifest)
     digest = _digest_line(json.loads((d / MANIFEST).read_text(encoding="utf-8")))  # what a reader will parse
@@ -242,16 +204,21 @@ def read_manifest(
     *,
     required: Iterable[str] = (),
     strict: bool = False,
-    hashes: bool = True,
+    hashes: bool | Container[str] = True,
 ) -> dict[str, Any]:
     """Read and check the manifest, its digest, then every file it lists. Raises a BundleError naming the problem.
 
     ``required``: names the caller will read; each must be listed (an
     unlisted file is never trusted). ``strict``: every file in the directory
     must be listed (bundle versions, which only the store writes). Symlinks
-    and special files anywhere inside are refused either way. ``hashes=False``
-    checks sizes only: for a caller that verified the same immutable files
-    a moment ago (hashing a large generator twice costs seconds on a device).
+    and special files anywhere inside are refused either way. ``hashes``:
+    True hashes every listed file; False checks sizes only (for files the
+    caller verified a moment ago: hashing a large generator twice costs
+    seconds on a device); a set of names hashes those and checks only the
+    size of the rest (a serving-only open hashes what it loads; the rest is
+    verified when first needed, :func:`verify_files`). Returns the manifest
+    as written (older format versions are lifted by
+    :func:`abd_edge.bundle_schema.migrate` where they are parsed).
     """
     d = Path(directory)
     if not d.is_dir():
@@ -298,7 +265,8 @@ def read_manifest(
     return manifest
 
 
-def verify_files(directory: Path, files: dict[str, Any], *, hashes: bool = True) -> None:
+def verify_files(directory: Path, files: Mapping[str, Any], *, hashes: bool | Container[str] = True) -> None:
+    """Every listed file present, plain, of its listed size, and (for those ``hashes`` selects) of its sha256."""
     for name, entry in files.items():
         p = directory / name
         if p.is_symlink():
@@ -308,210 +276,8 @@ def verify_files(directory: Path, files: dict[str, Any], *, hashes: bool = True)
         size = p.stat().st_size
         if size != entry.get("bytes"):
             raise BundleIntegrityError(f"{p} has {size} bytes, the manifest says {entry.get('bytes')} (truncated or edited)")
-        if not hashes:
+        if hashes is False or (hashes is not True and name not in hashes):
             continue
         digest = sha256_file(p)
         if digest != entry.get("sha256"):
             raise BundleIntegrityError(f"{p} has sha256 {digest}, the manifest says {entry.get('sha256')} (edited)")
-
-
-# ---------------------------------------------------------------- saving a directory in place
-
-STAGING_INFIX = ".tmp-"
-#: safetensors writes ``.tmpXXXXXX`` and renames it: a kill mid-write leaves one in a staging directory.
-_WRITER_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
-
-
-def _staging_prefix(target: Path) -> str:
-    return f".{target.name}{STAGING_INFIX}"
-
-
-def owned_entries(directory: Path, kind: str) -> set[str] | None:
-    """The top-level names a saved ``kind`` directory consists of, from its manifest; None if it is not one.
-
-    Only a directory whose manifest parses, is ours and is of ``kind`` may be
-    replaced, and only these names of it deleted: anything else is not ours.
-    """
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME or manifest.get("kind") != kind:
-        return None
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(isinstance(n, str) and n for n in files):
-        return None
-    return set(RESERVED_NAMES) | {Path(n).parts[0] for n in files if Path(n).parts and not Path(n).is_absolute()}
-
-
-def check_save_target(target: Path, kind: str) -> None:
-    """Refuse a target whose replacement would delete or hide anything this library did not write.
-
-    Allowed: a missing path, an empty directory, or a directory holding a
-    saved ``kind`` and nothing else (our own staging leftovers aside).
-    """
-    if target.is_symlink():
-        raise BundleError(f"{target} is a symlink; save to a real directory path (the link is left as it is)")
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise BundleError(f"{target} exists and is not a directory; refusing to replace it (save to a new or empty directory)")
-    names = {e.name for e in os.scandir(target)}
-    if not names:
-        return
-    owned = owned_entries(target, kind)
-    if owned is None:
-        shown = sorted(names)[:5]
-        raise BundleError(
-            f"{target} is not empty and does not hold a saved {kind} (it holds {shown}"
-            f"{' ...' if len(names) > 5 else ''}); refusing to replace it: save to a new or empty directory"
-        )
-    foreign = sorted(names - owned)
-    if foreign:
-        raise BundleError(
-            f"{target} holds a saved {kind} and also files it did not write: {foreign[:5]}"
-            f"{' ...' if len(foreign) > 5 else ''}; refusing to replace it (move them out, or save elsewhere)"
-        )
-    for name in owned & names:
-        p = target / name
-        if p.is_symlink() or not (p.is_file() or p.is_dir()):
-            raise BundleError(f"{p} is not a plain file or directory; refusing to replace {target}")
-
-
-def _remove_owned(directory: Path, kind: str) -> bool:
-    """Delete a saved ``kind`` directory, but only the entries its manifest names; True if it is gone.
-
-    Anything else found inside (written there by someone else since it was
-    checked) is left in place with a warning, never deleted.
-    """
-    owned = owned_entries(directory, kind) or set()
-    # The manifest goes last: it is what tells a resumed removal (after a crash here) which entries are ours.
-    for name in sorted(owned - {MANIFEST}) + [MANIFEST]:
-        p = directory / name
-        try:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        except FileNotFoundError:
-            pass
-    try:
-        directory.rmdir()
-        return True
-    except OSError:
-        warnings.warn(f"{directory} still holds files abd-edge did not write; left in place", stacklevel=3)
-        return False
-
-
-def clean_staging(target: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
-    """Remove ``.NAME.tmp-*`` staging directories that killed saves left beside ``target``; return them.
-
-    A staging directory in use holds an flock on itself (see
-    :func:`staging_dir`), so a concurrent save's is skipped. Only ``names``
-    (the files a save writes) are deleted; a directory holding anything else
-    is left alone.
-    """
-    t = Path(target)
-    removed: list[Path] = []
-    if fcntl is None or not t.parent.is_dir():
-        return removed
-    allowed = set(names) | RESERVED_NAMES
-    for e in os.scandir(t.parent):
-        if not e.name.startswith(_staging_prefix(t)) or e.is_symlink() or not e.is_dir(follow_symlinks=False):
-            continue
-        try:
-            fd = os.open(e.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a save is writing it right now
-            inside = list(os.scandir(e.path))
-            if any(
-                (x.name not in allowed and not _WRITER_TEMP.fullmatch(x.name)) or not x.is_file(follow_symlinks=False)
-                for x in inside
-            ):
-                continue
-            for x in inside:
-                os.unlink(x.path)
-            os.rmdir(e.path)
-            removed.append(Path(e.path))
-        finally:
-            os.close(fd)
-    return removed
-
-
-@contextmanager
-def staging_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """A fresh empty directory beside ``target`` (same filesystem, so rename is atomic), flocked while in use.
-
-    Removed if the block raises; after a SIGKILL it is left behind and
-    removed by :func:`clean_staging` on the next save or load.
-    """
-    t = Path(target)
-    t.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=_staging_prefix(t), dir=t.parent))
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield path
-        except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
-            raise
-    finally:
-        os.close(fd)
-
-
-def _aside_name(target: Path) -> Path:
-    return target.parent / f".{target.name}.old"
-
-
-def commit_dir(staged: Path, target: str | os.PathLike[str], kind: str) -> None:
-    """Move a fully written directory into place, replacing a saved ``kind`` there.
-
-    The caller has checked the target with :func:`check_save_target`. An
-    existing target is first renamed aside (to ``.NAME.old``) and deleted,
-    its own entries only, after the new one is in place, so at every instant
-    either the old or the new complete directory exists under a known name;
-    :func:`recover_dir` puts the old one back if a crash came in between.
-    """
-    t = Path(target)
-    publish_modes(staged)
-    fsync_tree(staged)
-    recover_dir(t, kind)
-    old = None
-    if t.exists():
-        old = _aside_name(t)
-        if old.exists() and not _remove_owned(old, kind):
-            raise BundleError(f"{old} holds files abd-edge did not write; move them out before saving to {t}")
-        os.replace(t, old)
-        fsync_path(t.parent)
-    fault_point("commit_dir_aside")
-    os.replace(staged, t)
-    fsync_path(t.parent)
-    if old is not None:
-        _remove_owned(old, kind)
-
-
-def recover_dir(target: str | os.PathLike[str], kind: str) -> bool:
-    """Undo a :func:`commit_dir` interrupted between its two renames; True if it did.
-
-    If ``target`` is missing but its renamed-aside predecessor exists, that
-    predecessor is the last complete version: rename it back. If both
-    exist, the commit finished and only the deletion of the old copy was
-    interrupted: delete it (its own entries only).
-    """
-    t = Path(target)
-    old = _aside_name(t)
-    if old.is_symlink() or not old.is_dir():
-        return False
-    if t.exists() or t.is_symlink():
-        _remove_owned(old, kind)
-        return False
-    os.replace(old, t)
-    fsync_path(t.parent)
-    return True

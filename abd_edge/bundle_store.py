@@ -32,65 +32,42 @@ them and check that the store recovers.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
-import re
 import shutil
-import stat
 import tempfile
-import threading
-import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator
+from typing import Any, Container, Iterable, Iterator, Mapping
 
-try:  # POSIX only; the device runtime targets Linux, but importing must not fail elsewhere.
-    import fcntl
-except ImportError:  # pragma: no cover - exercised only on Windows
-    fcntl = None  # type: ignore[assignment]
-
-from .bundle_format import (
-    MANIFEST,
-    MANIFEST_DIGEST,
-    RESERVED_NAMES,
-    fault_point,
-    fsync_path,
-    fsync_tree,
-    publish_modes,
-    read_json,
-    read_manifest,
-    write_manifest,
+from .atomic import commit, fault_point, fsync_path
+from .bundle_format import MANIFEST, RESERVED_NAMES, read_json, read_manifest, write_manifest
+from .bundle_pointers import (
+    WriterLock,
+    format_version_name,
+    parse_version_name,
+    pointer_tmp_name,
+    read_pointer,
+    read_pointer_lenient,
+    remove_pointer,
+    write_pointer,
 )
-from .errors import BundleError, BundleIntegrityError, BundleLockedError, BundleMissingFileError, ConfigError
+from .bundle_schema import BUNDLE_KIND, Manifest
+from .errors import BundleError, BundleIntegrityError, BundleMissingFileError, ConfigError
 
 __all__ = ["BundleStore", "StagedVersion", "KIND", "format_version_name", "parse_version_name"]
 
 #: The ``kind`` recorded in every bundle version's manifest.
-KIND = "bundle"
+KIND = BUNDLE_KIND
 CURRENT = "CURRENT"
 PENDING = "PENDING"
 LOCK = ".lock"
 VERSIONS = "versions"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
-
-_VERSION_RE = re.compile(r"v(\d{6,})")
-_LOCK_POLL_S = 0.05
-
-
-def parse_version_name(name: str) -> int | None:
-    """The number of a version name like ``"v000012"``, or None if ``name`` is not one."""
-    m = _VERSION_RE.fullmatch(name) if isinstance(name, str) else None
-    return int(m.group(1)) if m else None
-
-
-def format_version_name(number: int) -> str:
-    """``v%06d``: fixed width so names also sort in commit order in a file listing."""
-    return f"v{number:06d}"
 
 
 @dataclass(frozen=True)
@@ -106,22 +83,41 @@ class StagedVersion:
     version: str
     parent_version: str | None
 
-    def write_manifest(self, files: Iterable[str] | None = None, **fields: Any) -> dict[str, Any]:
+    def _all_files(self) -> list[str]:
+        return [
+            p.relative_to(self.path).as_posix()
+            for p in self.path.rglob("*")
+            if p.is_file() and p.relative_to(self.path).as_posix() not in RESERVED_NAMES
+        ]
+
+    def write_manifest(
+        self, files: Iterable[str] | None = None, *, known: Mapping[str, Mapping[str, Any]] | None = None, **fields: Any
+    ) -> dict[str, Any]:
         """Write the manifest with the fields the store checks, so callers cannot get them wrong.
 
         ``files`` defaults to every file under ``path`` (as POSIX relative
-        paths); ``created`` defaults to the current UTC time.
+        paths); ``created`` defaults to the current UTC time; ``known``:
+        entries hashed a moment ago (see :func:`abd_edge.bundle_format.file_entries`).
         """
-        if files is None:
-            files = [
-                p.relative_to(self.path).as_posix()
-                for p in self.path.rglob("*")
-                if p.is_file() and p.relative_to(self.path).as_posix() not in RESERVED_NAMES
-            ]
         fields.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return write_manifest(
-            self.path, KIND, files, version=self.version, parent_version=self.parent_version, **fields
+            self.path, KIND, self._all_files() if files is None else files, known=known,
+            version=self.version, parent_version=self.parent_version, **fields,
         )
+
+    def write(self, manifest: Manifest, *, known: Mapping[str, Mapping[str, Any]] | None = None) -> Manifest:
+        """Write a typed bundle manifest listing every file under ``path``; returns it with its files table.
+
+        Each file is hashed here, once (``known`` entries are reused); the
+        store's commit then checks sizes only.
+        """
+        fields = manifest.to_dict()
+        for key in ("format", "format_version", "kind", "files", "version", "parent_version"):
+            fields.pop(key)
+        if fields.get("created") is None:
+            fields.pop("created")
+        written = self.write_manifest(known=known, **fields)
+        return Manifest.from_dict(written, f"{self.path / MANIFEST}")
 
 
 class BundleStore:
@@ -137,10 +133,7 @@ class BundleStore:
         self.root = Path(root)
         self.keep_versions = keep_versions
         self.lock_timeout_s = float(lock_timeout_s)
-        # Re-entrancy of lock() within one thread (flock on a second descriptor
-        # would otherwise block against ourselves).
-        self._lock_owner: int | None = None
-        self._lock_depth = 0
+        self._lock = WriterLock(self.root, LOCK, self.lock_timeout_s)
 
     # ------------------------------------------------------------------ reading
 
@@ -154,7 +147,7 @@ class BundleStore:
 
     def current_version(self) -> str | None:
         """The version CURRENT names; None when absent; BundleError when it is garbled."""
-        return _read_pointer(self.root / CURRENT)
+        return read_pointer(self.root / CURRENT)
 
     def _check_not_symlink(self, path: Path) -> None:
         if path.is_symlink():
@@ -170,7 +163,7 @@ class BundleStore:
             )
         return self.versions_root / version
 
-    def read(self, version: str | None = None) -> tuple[str, dict[str, Any]]:
+    def read(self, version: str | None = None, *, hashes: bool | Container[str] = True) -> tuple[str, dict[str, Any]]:
         """``(version, manifest)`` of the current (or the given) version, every file verified.
 
         Takes no lock: versions are immutable and CURRENT is replaced
@@ -179,7 +172,7 @@ class BundleStore:
         from the new CURRENT.
         """
         if version is not None:
-            return version, self._verified_manifest(version, via_current=False)
+            return version, self._verified_manifest(version, via_current=False, hashes=hashes)
         for attempt in range(3):
             current = self.current_version()
             if current is None:
@@ -187,7 +180,7 @@ class BundleStore:
                     f"{self.root / CURRENT} is missing: {self.root} holds no committed bundle version"
                 )
             try:
-                return current, self._verified_manifest(current, via_current=True)
+                return current, self._verified_manifest(current, via_current=True, hashes=hashes)
             except BundleMissingFileError:
                 if attempt < 2 and self.current_version() != current:
                     continue
@@ -202,8 +195,8 @@ class BundleStore:
         names = {
             e.name for e in os.scandir(root) if parse_version_name(e.name) is not None and e.is_dir(follow_symlinks=False)
         }
-        pending = _read_pointer_lenient(self.root / PENDING)
-        if pending is not None and pending != _read_pointer_lenient(self.root / CURRENT):
+        pending = read_pointer_lenient(self.root / PENDING)
+        if pending is not None and pending != read_pointer_lenient(self.root / CURRENT):
             names.discard(pending)
         return sorted(names, key=lambda n: parse_version_name(n) or 0)
 
@@ -215,7 +208,7 @@ class BundleStore:
         looks at when something is wrong. The store's own keys win over
         same-named keys of the manifest's ``summary``.
         """
-        current = _read_pointer_lenient(self.root / CURRENT)
+        current = read_pointer_lenient(self.root / CURRENT)
         out = []
         for v in self.versions():
             path = self.versions_root / v / MANIFEST
@@ -240,7 +233,7 @@ class BundleStore:
             out.append(entry)
         return out
 
-    def _verified_manifest(self, version: str, *, via_current: bool) -> dict[str, Any]:
+    def _verified_manifest(self, version: str, *, via_current: bool, hashes: bool | Container[str] = True) -> dict[str, Any]:
         d = self.version_dir(version)
         self._check_not_symlink(self.root / CURRENT)
         self._check_not_symlink(self.versions_root)
@@ -254,7 +247,7 @@ class BundleStore:
         if not via_current and version not in self.versions():
             raise BundleError(f"{d} was never committed (left by an interrupted update, or being committed now)")
         # strict: a version holds only files its manifest lists (the store refuses others at commit)
-        manifest = read_manifest(d, kind=KIND, strict=True)
+        manifest = read_manifest(d, kind=KIND, strict=True, hashes=hashes)
         if manifest.get("version") != version:
             raise BundleIntegrityError(
                 f"{d / MANIFEST} says version {manifest.get('version')!r}, but it is stored as {version}"
@@ -263,57 +256,13 @@ class BundleStore:
 
     # ------------------------------------------------------------------ locking
 
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the exclusive writer lock on ``ROOT/.lock`` (re-entrant within one thread).
+    def lock(self) -> Any:
+        """Hold the exclusive writer lock on ``ROOT/.lock`` (a context manager; re-entrant within one thread).
 
-        Waits up to ``lock_timeout_s`` (polling), then raises
-        BundleLockedError naming the holder's pid. The kernel drops an flock
-        when its holder dies, so a crashed writer never leaves the store locked.
+        Waits up to ``lock_timeout_s``, then raises BundleLockedError naming
+        the holder's pid (see :class:`abd_edge.bundle_pointers.WriterLock`).
         """
-        me = threading.get_ident()
-        if self._lock_owner == me:
-            self._lock_depth += 1
-            try:
-                yield
-            finally:
-                self._lock_depth -= 1
-            return
-        if fcntl is None:  # pragma: no cover
-            raise BundleError(f"cannot lock {self.root / LOCK}: fcntl.flock is not available on this platform")
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / LOCK
-        fd = _open_lock_file(path)
-        try:
-            deadline = time.monotonic() + self.lock_timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as e:
-                    if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                        raise BundleError(f"cannot lock {path}: {e}") from e
-                now = time.monotonic()
-                if now >= deadline:
-                    holder = _read_pid(fd)
-                    who = f"pid {holder}" if holder is not None else "pid unknown"
-                    raise BundleLockedError(
-                        f"{self.root} is being updated by another process ({who}); "
-                        f"gave up waiting for {path} after {self.lock_timeout_s:g} s "
-                        "(retry later or pass a larger lock_timeout_s)"
-                    )
-                time.sleep(min(_LOCK_POLL_S, deadline - now))
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-            self._lock_owner, self._lock_depth = me, 1
-            try:
-                yield
-            finally:
-                self._lock_owner, self._lock_depth = None, 0
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        return self._lock.hold()
 
     # ------------------------------------------------------------------ writing
 
@@ -355,7 +304,7 @@ class BundleStore:
         """
         return self.switch(to)[0]
 
-    def switch(self, to: str | None = None) -> tuple[str, dict[str, Any]]:
+    def switch(self, to: str | None = None, *, hashes: bool | Container[str] = True) -> tuple[str, dict[str, Any]]:
         """Make ``to`` (default: the current version's parent) current again; ``(version, manifest)``.
 
         The target must be kept and verify completely. The version rolled back
@@ -385,9 +334,9 @@ class BundleStore:
                     f"cannot roll back {self.root} to {to}: {self.version_dir(to)} is not kept "
                     f"(keep_versions={self.keep_versions}); kept versions: {self.versions()}"
                 )
-            manifest = self._verified_manifest(to, via_current=False)
-            if _read_pointer_lenient(self.root / CURRENT) != to:
-                _write_pointer(self.root / CURRENT, to)
+            manifest = self._verified_manifest(to, via_current=False, hashes=hashes)
+            if read_pointer_lenient(self.root / CURRENT) != to:
+                write_pointer(self.root / CURRENT, to)
             return to, manifest
 
     def _version_dirs(self) -> list[str]:
@@ -418,18 +367,16 @@ class BundleStore:
                 raise BundleError(f"{p} is not a regular file or directory; a bundle version holds only plain files")
             if p.is_file() and rel not in listed:
                 raise BundleError(f"{p} is not listed in {path / MANIFEST}; a version may hold only files its manifest lists")
-        publish_modes(path)  # 0755 directories, 0644 files (mkdtemp made the staging directory 0700)
-        fsync_tree(path)
         final = self.version_dir(staged.version)
-        if final.exists():
-            raise BundleError(f"{final} already exists; refusing to overwrite a committed version")
-        _write_pointer(self.root / PENDING, staged.version)
-        fault_point("staged")
-        os.rename(path, final)
-        fsync_path(self.versions_root)
+
+        def record_pending() -> None:
+            write_pointer(self.root / PENDING, staged.version)
+            fault_point("staged")
+
+        commit(path, final, replace=False, before_rename=record_pending)  # 0755/0644, fsynced, renamed
         fault_point("renamed")
-        _write_pointer(self.root / CURRENT, staged.version)
-        _remove_file_durably(self.root / PENDING)
+        write_pointer(self.root / CURRENT, staged.version)
+        remove_pointer(self.root / PENDING)
         fault_point("switched")
         self._prune()
 
@@ -440,7 +387,7 @@ class BundleStore:
             for e in list(os.scandir(root)):
                 if e.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
                     shutil.rmtree(e.path, ignore_errors=True)
-        for name in (CURRENT + ".tmp", PENDING + ".tmp"):
+        for name in (pointer_tmp_name(self.root / CURRENT), pointer_tmp_name(self.root / PENDING)):
             try:
                 (self.root / name).unlink()
             except FileNotFoundError:
@@ -452,11 +399,11 @@ class BundleStore:
             current = self.current_version()
         except BundleError:
             return  # cannot tell whether PENDING was made current: keep everything
-        pending = _read_pointer_lenient(pending_path)
+        pending = read_pointer_lenient(pending_path)
         if pending is not None and pending != current and (root / pending).is_dir():
             # Renamed into place but CURRENT never switched to it: never committed.
             self._delete_version(pending)
-        _remove_file_durably(pending_path)
+        remove_pointer(pending_path)
 
     def _prune(self) -> None:
         """Delete the oldest versions beyond keep_versions, never the current one.
@@ -486,91 +433,3 @@ class BundleStore:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _read_pointer(path: Path) -> str | None:
-    """The version named by a one-line pointer file; None when absent; BundleError when garbled."""
-    if path.is_symlink():
-        raise BundleIntegrityError(f"{path} is a symlink; a bundle holds only plain files and directories")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise BundleError(f"cannot read {path}: {e}") from e
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and text.endswith("\n"):
-        text = text[:-1]
-    if text is None or parse_version_name(text) is None:
-        raise BundleError(f"{path} holds {raw[:40]!r}; expected one line naming a version, such as 'v000001'")
-    return text
-
-
-def _read_pointer_lenient(path: Path) -> str | None:
-    try:
-        return _read_pointer(path)
-    except BundleError:
-        return None
-
-
-def _write_pointer(path: Path, version: str) -> None:
-    """Replace a pointer file atomically and durably: tmp, fsync, rename, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.unlink()  # never write through whatever sits there (a planted symlink)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(version + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-
-
-def _remove_file_durably(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return
-    fsync_path(path.parent)
-
-
-#: A lock file holds one pid; anything larger is not ours and is never truncated.
-_LOCK_MAX_BYTES = 32
-
-
-def _open_lock_file(path: Path) -> int:
-    """Open (creating) the lock file without following a symlink, and only if it is ours to rewrite.
-
-    The holder's pid is written into the lock file, so a symlink or a hard
-    link planted at ``.lock`` would otherwise have its target truncated.
-    """
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP or path.is_symlink():
-            raise BundleIntegrityError(f"{path} is a symlink; refusing to use it as the bundle's lock file") from e
-        raise BundleError(f"cannot open the lock file {path}: {e}") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > _LOCK_MAX_BYTES:
-            raise BundleIntegrityError(
-                f"{path} is not a lock file written by abd-edge (a {'hard-linked ' if st.st_nlink != 1 else ''}"
-                f"{'regular file' if stat.S_ISREG(st.st_mode) else 'special file'} of {st.st_size} bytes); "
-                "refusing to overwrite it: remove it if it is yours"
-            )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _read_pid(fd: int) -> int | None:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii").strip()
-        return int(text) if text else None
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None

@@ -84,3 +84,12 @@ class MissingDependencyError(AbdEdgeError, ImportError):
 
 class BundleSignatureError(BundleError):
     """A bundle version is unsigned, signed by an untrusted key, or its signature does not match."""
+
+
+class ManifestFieldError(BundleIntegrityError):
+    """A manifest field is missing or has the wrong type or value; ``field`` names it, ``expected`` says what fits."""
+
+    def __init__(self, where: str, field: str, got: object, expected: str) -> None:
+        shown = "missing" if got == "missing" else f"{got!r:.80}"
+        super().__init__(f"{where}: field {field!r} is {shown}, expected {expected}")
+        self.where, self.field, self.got, self.expected = where, field, got, expected

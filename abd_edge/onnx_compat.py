@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from .bundle_schema import session_options
 from .errors import BundleError
 
 #: (first ONNX Runtime release, highest IR version it reads, highest ai.onnx opset it runs), oldest first.
@@ -72,11 +73,15 @@ def check_onnxruntime(required: str | None, where: str, installed: str | None = 
 
 
 def open_session(path: str | Path, options: Any = None, *, what: str | None = None) -> Any:
-    """An ONNX Runtime CPU session for ``path``; ORT's own load failures become :class:`BundleError`."""
+    """An ONNX Runtime CPU session for ``path``; ORT's own load failures become :class:`BundleError`.
+
+    ``options`` default to :func:`abd_edge.bundle_schema.session_options`, the project's one set.
+    """
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options if options is not None else session_options(),
+                                    providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own pybind exception types (Fail, InvalidGraph, ...)
         raise BundleError(
             f"ONNX Runtime {ort.__version__} cannot load {what or Path(path).name} ({path}): {type(e).__name__}: {e}"

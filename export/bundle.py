@@ -17,14 +17,23 @@ import numpy as np
 import torch
 
 from abd_edge import __version__
-from abd_edge.bundle_format import CLASSIFIER_INT8_ONNX as CLASSIFIER_INT8
-from abd_edge.bundle_format import CLASSIFIER_ONNX as CLASSIFIER
-from abd_edge.bundle_format import GENERATOR_ONNX as GENERATOR
-from abd_edge.bundle_format import LEARNER_DIR
+from abd_edge.bundle_format import MANIFEST, read_json
+from abd_edge.bundle_schema import (
+    CLASSIFIER_INT8_ONNX,
+    CLASSIFIER_ONNX,
+    GENERATOR_ONNX,
+    LEARNER_DIR,
+    TENSORS,
+    ClassEntry,
+    GeneratorSpec,
+    InputSpec,
+    Manifest,
+)
 from abd_edge.bundle_store import BundleStore
 from abd_edge.checkpoint import save_learner
 from abd_edge.errors import ConfigError
 from abd_edge.onnx_compat import parse_version
+from abd_edge.progress import Stages
 from abd_edge.signing import sign_version
 
 from .onnx_export import DEFAULT_OPSET, DeployedClassifier, export_classifier, export_generator
@@ -37,10 +46,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
-def _classes(learner: "Learner") -> list[dict[str, Any]]:
+def _classes(learner: "Learner") -> tuple[ClassEntry, ...]:
     reg = learner.registry
-    return [{"index": i, "label": reg.label_of(i), "name": reg.name_of(i)} for i in range(len(reg))]
+    return tuple(ClassEntry(i, reg.label_of(i), reg.name_of(i)) for i in range(len(reg)))
+
+
+def _stage_names(learner: "Learner", quantize: str | None, serve_only: bool, generator_onnx: bool) -> list[str]:
+    names = ["classifier ONNX", "classifier parity"]
+    if learner.generator is not None and not serve_only and generator_onnx:
+        names += ["generator ONNX + parity"]
+    if quantize == "int8":
+        names += ["int8 calibration"]
+    if not serve_only:
+        names += ["learner state"]
+    return names + ["manifest + commit"]
 
 
 def export_bundle(
@@ -56,14 +75,16 @@ def export_bundle(
     sign_key: Any = None,
     serve_only: bool = False,
     keep_optimizer: bool = False,
-    generator_onnx: bool = True,
+    generator_onnx: bool = False,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Export ``learner`` as a new version of the bundle at ``path``; return what was written.
 
     ``quantize="int8"`` adds an int8 classifier (static quantization
     calibrated on dreamed images, never on stored data) next to the fp32 one.
     The returned dict has ``version``, ``parent_version``, ``bytes`` (all
-    files), per-file sizes, the parity results and the manifest.
+    files), per-file sizes, the parity results and the manifest (as the
+    JSON object written; ``Manifest.from_dict`` types it).
     ``sign_key`` (a key file from ``abd-edge keygen``, or a key object)
     signs the version (see :mod:`abd_edge.signing`). ``serve_only`` writes
     what prediction needs and nothing else (classifier, int8 classifier,
@@ -71,9 +92,16 @@ def export_bundle(
     not learn on it. The generator's Adam state (twice the generator's
     size) stays out unless ``keep_optimizer``: a device update then starts
     a fresh Adam, as the short recipe's ``keep_optimizer=False`` does.
-    ``generator_onnx=False`` carries the generator once, as weights for
-    updates, without ``generator.onnx`` (the paper generator is 32 MB per
-    copy); ``device.dream()`` then needs torch.
+
+    The generator travels once, as the learner's weights (what an update
+    trains on). ``generator_onnx=True`` adds ``generator.onnx`` too, for
+    dreaming without torch or in another runtime; the paper generator is
+    32 MB per copy, and the exported graph folds its BatchNorms, so the
+    weights cannot be recovered from the ONNX file. Without it,
+    ``device.dream()`` dreams through torch: a device that dreams is a
+    device that updates, and an update needs torch anyway.
+    ``show_progress`` draws a bar over the export stages (only when someone
+    watches, see :mod:`abd_edge.progress`).
     """
     learner._require_fitted("export")
     if quantize not in (None, "int8"):
@@ -81,43 +109,51 @@ def export_bundle(
     store = path if isinstance(path, BundleStore) else BundleStore(path, keep_versions=keep_versions, lock_timeout_s=lock_timeout_s)
     c, h, w = learner.input_shape  # type: ignore[misc]
     start = time.perf_counter()
-    with store.new_version() as staged:
+    with Stages(_stage_names(learner, quantize, serve_only, generator_onnx), desc="export", enabled=show_progress,
+                log=log) as bar, store.new_version() as staged:
         d = staged.path
+        bar.stage("classifier ONNX")
         labels = {"labels": [learner.registry.label_of(i) for i in range(learner.num_classes)],
                   "class_names": [learner.registry.name_of(i) for i in range(learner.num_classes)]}
-        cls_info = export_classifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w), d / CLASSIFIER,
-                                     opset=opset, metadata=labels)
+        cls_info = export_classifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w),
+                                     d / CLASSIFIER_ONNX, opset=opset, metadata=labels)
         min_ort = [cls_info["min_onnxruntime"]]
+        bar.stage("classifier parity")
         images = verification_images(learner, verify_images, seed=learner.tasks_learned)
         deployed = DeployedClassifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w))
-        parity = {"classifier": verify_parity(deployed, d / CLASSIFIER, {"images": images})}
+        parity = {"classifier": verify_parity(deployed, d / CLASSIFIER_ONNX, {TENSORS.classifier_input: images})}
         gen_info = None
         if learner.generator is not None and not serve_only and generator_onnx:
-            gen_info = export_generator(learner.generator, d / GENERATOR, opset=opset)
+            bar.stage("generator ONNX + parity")
+            gen_info = export_generator(learner.generator, d / GENERATOR_ONNX, opset=opset)
             min_ort.append(gen_info["min_onnxruntime"])
             z = np.random.default_rng(learner.tasks_learned).standard_normal((16, learner.generator.zdim)).astype(np.float32)
-            gen_copy = _eval_copy(learner.generator)
-            parity["generator"] = verify_parity(gen_copy, d / GENERATOR, {"z": z}, output="images")
+            parity["generator"] = verify_parity(_eval_copy(learner.generator), d / GENERATOR_ONNX,
+                                                {TENSORS.generator_input: z}, output=TENSORS.generator_output)
         quant = None
         if quantize == "int8":
+            bar.stage("int8 calibration")
             quant = _int8(learner, d, verify_images, min_ort)
+        known: dict[str, Any] = {}
         if not serve_only:
+            bar.stage("learner state")
             save_learner(learner, d / LEARNER_DIR, keep_optimizer=keep_optimizer)
-        mean = learner.normalizer.mean.cpu().tolist()
-        std = learner.normalizer.std.cpu().tolist()
-        manifest = staged.write_manifest(
+            known = _hashed_by_save(d / LEARNER_DIR)
+        bar.stage("manifest + commit")
+        manifest = staged.write(Manifest(
+            version=staged.version,
+            parent_version=staged.parent_version,
             abd_edge_version=__version__,
             classes=_classes(learner),
-            input={"name": "images", "dtype": "uint8", "layout": "NHWC", "shape": [None, h, w, c],
-                   "normalization": "inside the graph: x / 255, then (x - mean) / std per channel"},
-            outputs={"logits": "float32 (N, classes)", "probabilities": "float32 (N, classes), softmax of logits"},
-            normalization={"mean": mean, "std": std},
+            input=InputSpec(h, w, c),
+            mean=tuple(learner.normalizer.mean.cpu().tolist()),
+            std=tuple(learner.normalizer.std.cpu().tolist()),
+            tensors=TENSORS,
             opset=opset,
             ir_version=cls_info["ir_version"],
             min_onnxruntime=max(min_ort, key=parse_version),
-            generator=None if learner.generator is None or serve_only else {
-                "zdim": learner.generator.zdim, "onnx": gen_info is not None,
-                "output": "float32 (N, C, H, W), normalised input space"},
+            generator=None if learner.generator is None or serve_only else GeneratorSpec(
+                learner.generator.zdim, onnx=gen_info is not None),
             learner={"method": learner.config.method, "tasks_learned": learner.tasks_learned,
                      "config": learner.config.to_dict(), "history": [r.to_dict() for r in learner.history]},
             privacy={"ledger": list(getattr(learner, "privacy_ledger", []))},
@@ -125,10 +161,11 @@ def export_bundle(
             quantization=quant,
             summary=summary or {"update": "export", "n_classes": learner.num_classes},
             serve_only=bool(serve_only),
-        )
+        ), known=known)
+        written = read_json(d / MANIFEST)  # the exact object a reader (and a signature) sees
         if sign_key is not None:
-            sign_version(d, manifest, sign_key)
-    files = {name: entry["bytes"] for name, entry in manifest["files"].items()}
+            sign_version(d, written, sign_key)
+    files = {name: entry.bytes for name, entry in manifest.files.items()}
     info = {
         "version": staged.version,
         "parent_version": staged.parent_version,
@@ -138,10 +175,16 @@ def export_bundle(
         "parity": parity,
         "quantization": quant,
         "seconds": time.perf_counter() - start,
-        "manifest": manifest,
+        "manifest": written,
     }
     log.info("bundle version %s written (%.1f MB, %.1f s)", staged.version, info["bytes"] / 2**20, info["seconds"])
     return info
+
+
+def _hashed_by_save(learner_dir: Path) -> dict[str, Any]:
+    """The entries the learner's own manifest holds, keyed by their path in the bundle: hashed once, reused."""
+    inner = read_json(learner_dir / MANIFEST).get("files", {})
+    return {f"{LEARNER_DIR}/{name}": entry for name, entry in inner.items()}
 
 
 def _int8(learner: "Learner", d: Path, n: int, min_ort: list[str]) -> dict[str, Any]:
@@ -149,15 +192,15 @@ def _int8(learner: "Learner", d: Path, n: int, min_ort: list[str]) -> dict[str, 
     if learner.generator is None:
         return {"included": False, "warning": "int8 classifier left out: no generator to dream calibration images with"}
     calibration = dreamed_images(learner, n, seed=1000 + learner.tasks_learned)
-    quant = quantize_classifier_int8(d / CLASSIFIER, d / CLASSIFIER_INT8, calibration)
+    quant = quantize_classifier_int8(d / CLASSIFIER_ONNX, d / CLASSIFIER_INT8_ONNX, calibration)
     quant.pop("path")  # a staging path, meaningless once committed
     held_out = dreamed_images(learner, n, seed=2000 + learner.tasks_learned)
-    quant["agreement"] = compare_int8(d / CLASSIFIER, d / CLASSIFIER_INT8, held_out)
+    quant["agreement"] = compare_int8(d / CLASSIFIER_ONNX, d / CLASSIFIER_INT8_ONNX, held_out)
     quant["calibration"] = "dreamed images only"
     warning = int8_verdict(quant["agreement"]["top1_agreement"])
     quant["included"] = warning is None
     if warning:
-        (d / CLASSIFIER_INT8).unlink()
+        (d / CLASSIFIER_INT8_ONNX).unlink()
         quant["warning"] = warning
         log.warning("%s", warning)
     else:

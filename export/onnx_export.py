@@ -33,6 +33,7 @@ import onnx
 import torch
 from torch import nn
 
+from abd_edge.bundle_schema import NORMALIZATION_APPLIED, TENSORS
 from abd_edge.engine import Normalizer
 from abd_edge.errors import ConfigError, ExportError, ImageSpecError
 from abd_edge.models.generator import Generator
@@ -54,10 +55,11 @@ __all__ = [
 
 #: Opset 18 with IR version 8 (the lowest it needs, see onnx_io.stamp) runs on ONNX Runtime >= 1.14.
 DEFAULT_OPSET = 18
-CLASSIFIER_INPUT = "images"
-CLASSIFIER_OUTPUTS = ("logits", "probabilities")
-GENERATOR_INPUT = "z"
-GENERATOR_OUTPUT = "images"
+# The tensor names live in the bundle schema, which the runtime reads too.
+CLASSIFIER_INPUT = TENSORS.classifier_input
+CLASSIFIER_OUTPUTS = TENSORS.classifier_outputs
+GENERATOR_INPUT = TENSORS.generator_input
+GENERATOR_OUTPUT = TENSORS.generator_output
 #: Name of the symbolic batch dimension in every exported graph.
 BATCH_DIM = "batch"
 #: Batch of the example inputs used for tracing. torch.export treats sizes 0
@@ -305,8 +307,9 @@ def export_classifier(
     meta = {
         "input": {"name": CLASSIFIER_INPUT, "dtype": "uint8", "layout": "NHWC", "shape": [BATCH_DIM, h, w, c]},
         "normalization": {"mean": wrapper.mean.reshape(-1).tolist(), "std": wrapper.std.reshape(-1).tolist(),
-                          "applied": "inside the graph: x / 255, then (x - mean) / std per channel"},
-        "outputs": {"logits": f"float32 ({BATCH_DIM}, {wrapper.n_classes})", "probabilities": "softmax of logits"},
+                          "applied": NORMALIZATION_APPLIED},
+        "outputs": {TENSORS.logits: f"float32 ({BATCH_DIM}, {wrapper.n_classes})",
+                    TENSORS.probabilities: f"softmax of {TENSORS.logits}"},
         **(metadata or {}),
     }
     info = _export_module(wrapper, example, [CLASSIFIER_INPUT], CLASSIFIER_OUTPUTS, path, opset, meta)

@@ -10,52 +10,29 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import onnx
 
-from abd_edge.bundle_format import fault_point  # the crash-test hook shared with bundle writers
-from abd_edge.errors import ConfigError, ExportError
+from abd_edge.atomic import staged_file  # the one commit protocol, shared with bundle writers
+from abd_edge.bundle_schema import session_options
+from abd_edge.errors import ExportError
 from abd_edge.onnx_compat import min_onnxruntime_for
 
 #: Prefix of the metadata_props keys abd-edge writes into its ONNX files.
 META_PREFIX = "abd_edge."
 
 
-def fsync(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # directories cannot be fsynced on some platforms
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, write: Callable[[Path], None], check: Callable[[Path], None]) -> None:
-    """Write via ``write(tmp)``, ``check(tmp)``, then rename onto ``path``.
+    """Write via ``write(tmp)``, ``check(tmp)``, then commit onto ``path`` (:func:`abd_edge.atomic.staged_file`).
 
-    The temporary file lives in the destination directory so the final
-    ``os.replace`` is an atomic rename on one filesystem: a reader (or a
-    crash) sees either the previous file or the complete new one, never a
-    prefix. A failed check never reaches the final name either.
+    A reader (or a crash) sees either the previous file or the complete new
+    one, never a prefix; a failed check never reaches the final name.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with staged_file(path, fault="export_mid_write") as tmp:
         write(tmp)
-        fsync(tmp)
         check(tmp)
-        fault_point("export_mid_write")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync(path.parent)
 
 
 def value_info(v: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -171,16 +148,10 @@ def check_onnx_file(path: Path, batch_inputs: Sequence[str]) -> onnx.ModelProto:
 
 
 def make_session(onnx_path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session; ``threads`` pins intra-op threads (None: ORT's default, all cores)."""
+    """An ONNX Runtime CPU session with the project's session options; ``threads`` pins intra-op threads."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only: ORT warns about unused initializers on quantized graphs
+    opts = session_options(threads)
     path = Path(onnx_path)
     if not path.is_file():
         raise ExportError(f"ONNX file {path} does not exist")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from abd_edge.bundle_schema import TENSORS
 from abd_edge.errors import ConfigError, ExportError, ImageSpecError
 
 from .onnx_export import _eval_mode, _module_device
@@ -44,7 +45,7 @@ def verify_parity(
     *,
     atol: float = 1e-4,
     rtol: float = 1e-6,
-    output: str = "logits",
+    output: str = TENSORS.logits,
 ) -> dict[str, Any]:
     """Check that ONNX Runtime and torch agree on ``inputs``; raise :class:`ExportError` if not.
 
@@ -147,7 +148,8 @@ def verification_images(source: Any, n: int, seed: int = 0) -> np.ndarray:
     if generator is not None:
         g = torch.Generator(device="cpu").manual_seed(int(seed))
         z = torch.randn(n_dream, generator.zdim, generator=g)
-        x = _torch_outputs(generator, [z.to(_module_device(generator))], ["images"])["images"]
+        out = TENSORS.generator_output
+        x = _torch_outputs(generator, [z.to(_module_device(generator))], [out])[out]
         pix = (torch.from_numpy(x) * std + mean).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
         parts.append(pix.permute(0, 2, 3, 1).contiguous().numpy())
         shape = tuple(x.shape[1:])

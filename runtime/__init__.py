@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .device import DeviceBudget, DeviceLearner, RuntimePrediction, UpdateReport, to_pixels
+from .device import DeviceBudget, DeviceLearner, UpdateReport
+from .serving import RuntimePrediction, to_pixels
 
 
 def open(path: str | Path, **kwargs: Any) -> DeviceLearner:  # noqa: A001 - the natural verb for a bundle

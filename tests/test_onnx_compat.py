@@ -25,7 +25,7 @@ def learned():
 def exported(tmp_path_factory, learned):
     root = tmp_path_factory.mktemp("compat")
     learner = learned[0]
-    info = export_bundle(learner, root / "b", quantize="int8")
+    info = export_bundle(learner, root / "b", quantize="int8", generator_onnx=True)  # all three ONNX files
     return root / "b", info
 
 
@@ -137,13 +137,20 @@ def test_updatable_bundle_leaves_adam_state_out_unless_asked(tmp_path, learned, 
     assert has_adam(tmp_path / "keep" / "versions" / "v000001")
 
 
-def test_generator_once_without_generator_onnx(tmp_path, learned):
+def test_generator_onnx_only_when_asked(exported):
+    path, info = exported  # exported with generator_onnx=True
+    assert "generator.onnx" in info["files"] and info["parity"]["generator"]["max_abs_diff"] <= 1e-4
+    dev = runtime.open(path)
+    assert dev.manifest.generator.onnx and dev.dream(2)[0].shape == (2, 8, 8, 1)  # through ONNX Runtime
+
+
+def test_generator_once_by_default(tmp_path, learned):
     learner = learned[0]
-    info = export_bundle(learner, tmp_path / "g", generator_onnx=False)
+    info = export_bundle(learner, tmp_path / "g")
     assert "generator.onnx" not in info["files"] and info["manifest"]["generator"]["onnx"] is False
     dev = runtime.open(tmp_path / "g", budget=runtime.DeviceBudget(epochs=1, dream_iterations=1),
                        quality=QualityGate(enabled=False))  # judged here: the bundle's shape, not the tiny update
     pixels, labels = dev.dream(3)
     assert pixels.shape == (3, 8, 8, 1) and pixels.dtype == np.uint8 and labels.shape == (3,)
     rep = dev.learn_new_classes(make_task([2, 3], seed=5))
-    assert dev.num_classes == 4 and "generator.onnx" not in dev.manifest["files"], rep.version
+    assert dev.num_classes == 4 and not dev.manifest.has("generator.onnx"), rep.version

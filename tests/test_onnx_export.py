@@ -18,6 +18,7 @@ import onnx
 import pytest
 import torch
 
+from abd_edge import atomic
 from abd_edge.engine import Normalizer
 from abd_edge.errors import ConfigError, ExportError, ImageSpecError
 import abd_edge.export as ox
@@ -216,7 +217,7 @@ def test_interrupt_at_fault_point_leaves_no_file(tmp_path, monkeypatch):
         if name == "export_mid_write":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(onnx_io, "fault_point", crash)
+    monkeypatch.setattr(atomic, "fault_point", crash)  # the one commit protocol's crash hook
     written = []
     fresh = tmp_path / "fresh.onnx"
     with pytest.raises(KeyboardInterrupt):
