@@ -34,6 +34,12 @@ except MissingDependencyError as e:
     assert "abd-edge[train]" in str(e), e
 else:
     raise AssertionError("learn_new_classes ran without torch")
+try:  # the default bundle carries the generator once, as learner weights: dreaming needs torch too
+    device.dream(2)
+except MissingDependencyError as e:
+    assert "abd-edge[train]" in str(e), e
+else:
+    raise AssertionError("dream ran without torch on a bundle without generator.onnx")
 assert "torch" not in sys.modules
 import onnxruntime  # noqa: E402
 

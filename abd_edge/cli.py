@@ -192,7 +192,7 @@ def _export(args: argparse.Namespace) -> int:
     learner = Learner.load(args.learner, device="cpu")
     info = export_bundle(learner, args.bundle, quantize=args.quantize, keep_versions=args.keep_versions,
                          sign_key=args.sign_key, serve_only=args.serve_only,
-                         generator_onnx=not args.no_generator_onnx)
+                         generator_onnx=args.generator_onnx)
     summary = {k: info[k] for k in ("version", "parent_version", "path", "bytes", "files", "parity", "quantization", "seconds")}
     summary["signed"] = bool(args.sign_key)
     summary["min_onnxruntime"] = info["manifest"].get("min_onnxruntime")
@@ -302,7 +302,7 @@ _EXAMPLES = {
     "export": """examples:
   abd-edge export runs/learner runs/bundle
   abd-edge export runs/learner runs/serving --serve-only --quantize int8
-  abd-edge export runs/learner runs/bundle --no-generator-onnx        # the generator once: 36 MB instead of 68 (cifar10)
+  abd-edge export runs/learner runs/bundle --generator-onnx           # also generator.onnx: dreams without torch (+32 MB, cifar10)
   abd-edge keygen keys/server && abd-edge export runs/learner runs/bundle --quantize int8 --sign-key keys/server""",
     "simulate": """examples:
   abd-edge simulate
@@ -389,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sign-key", help="sign the version with this ed25519 private key (from abd-edge keygen)")
     e.add_argument("--serve-only", action="store_true",
                    help="prediction only: classifier (+ int8) and manifest, no generator or learner state (cannot be updated)")
-    e.add_argument("--no-generator-onnx", action="store_true",
-                   help="carry the generator once (as learner weights, for updates) without generator.onnx")
+    e.add_argument("--generator-onnx", action="store_true",
+                   help="also write generator.onnx (dreaming without torch); by default the generator travels once, as learner weights")
 
     s = command("simulate", "class-incremental device simulation (server -> bundle -> local updates)", _simulate)
     s.add_argument("--dataset", choices=["digits", "cifar10", "folder"], default="digits", help="simulation data")

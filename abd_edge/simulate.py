@@ -178,7 +178,7 @@ def run_simulation(
         "environment": environment(),
         "rows": rows,
         "history": devices["abd"].history(),
-        "bundle_files_mb": {n: e["bytes"] / 2**20 for n, e in devices["abd"].manifest["files"].items()},
+        "bundle_files_mb": {n: e.bytes / 2**20 for n, e in devices["abd"].manifest.files.items()},
     }
     (out / "simulation.json").write_text(json.dumps(doc, indent=2, default=str))
     plot_simulation(doc, devices["abd"], out / "simulation.png")
