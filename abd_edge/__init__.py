@@ -18,8 +18,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "Learner": ("abd_edge.learner", "Learner"),
-    "LearnReport": ("abd_edge.learner", "LearnReport"),
-    "Prediction": ("abd_edge.learner", "Prediction"),
+    "LearnReport": ("abd_edge.reports", "LearnReport"),
+    "Prediction": ("abd_edge.reports", "Prediction"),
     "LearnerConfig": ("abd_edge.config", "LearnerConfig"),
     "TrainConfig": ("abd_edge.config", "TrainConfig"),
     "DreamConfig": ("abd_edge.config", "DreamConfig"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,12 +28,16 @@ from .bundle_format import (
     write_json,
     write_manifest,
 )
+from .compute import resolve_device
 from .config import LearnerConfig
 from .engine import Normalizer
 from .errors import AbdEdgeError, BundleError, BundleIntegrityError
+from .learner_state import LearnerState, build_models
+from .methods import build_method
 from .registry import ClassRegistry
+from .reports import LearnReport
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # only for annotations: the Learner imports this module, not the other way round
     from .learner import Learner
 
 log = logging.getLogger(__name__)
@@ -122,10 +127,22 @@ def _as_int(value: Any, what: str, minimum: int) -> int:
     return value
 
 
-def load_learner(directory: Path, *, device: str | None = None, hashes: bool = True) -> "Learner":
-    """Load a saved learner; ``hashes=False`` only for files the caller has just verified (a bundle version)."""
-    from .learner import Learner, LearnReport, _State
+@dataclass
+class SavedLearner:
+    """A saved learner read back: what ``Learner.load`` builds a Learner from."""
 
+    config: LearnerConfig
+    state: LearnerState
+    history: list[LearnReport]
+
+
+def read_learner(directory: Path, *, device: str | None = None, hashes: bool = True) -> SavedLearner:
+    """Read and check a saved learner; ``hashes=False`` only for files the caller has just verified (a bundle version).
+
+    ``Learner.load`` is the public way in; this returns the parts so that
+    this module needs no Learner (it would otherwise import the class that
+    imports it).
+    """
     if recover_dir(directory, KIND):
         log.warning("%s: restored the previous save after an interrupted save", directory)
     for leftover in clean_staging(directory, [WEIGHTS, STATE]):
@@ -141,7 +158,10 @@ def load_learner(directory: Path, *, device: str | None = None, hashes: bool = T
         cfg = LearnerConfig.from_dict(state["config"])
         if device is not None:
             cfg = dataclasses.replace(cfg, device=device)
-        learner = Learner(cfg)
+        cfg.validate()
+        torch_device = resolve_device(cfg.device)
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        replay = build_method(cfg.method, cfg.losses).uses_replay
         registry = ClassRegistry.from_dict(state["registry"])
         shape = state["input_shape"]
         if not isinstance(shape, list) or len(shape) != 3:
@@ -156,7 +176,8 @@ def load_learner(directory: Path, *, device: str | None = None, hashes: bool = T
             raise TypeError(f"history is {history_raw!r:.80}, expected a list of report objects")
         history = [LearnReport.from_dict(r) for r in history_raw]
         tensors = load_file(str(directory / WEIGHTS))
-        model, gen = learner._new_models(c, h, capacity)
+        model, gen = build_models(cfg, replay=replay, channels=c, size=h, capacity=capacity,
+                                  device=torch_device, memory_format=memory_format)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         model.eval()
         gen_opt = None
@@ -166,20 +187,19 @@ def load_learner(directory: Path, *, device: str | None = None, hashes: bool = T
             gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr)
             if state.get("generator_optimizer") is not None:
                 sd = optimizer_state(
-                    {k: v.to(learner.device) for k, v in tensors.items() if k.startswith("generator_opt.")},
+                    {k: v.to(torch_device) for k, v in tensors.items() if k.startswith("generator_opt.")},
                     state["generator_optimizer"], "generator_opt",
                 )
                 gen_opt.load_state_dict(sd)
-        normalizer = Normalizer(tensors["normalizer.mean"], tensors["normalizer.std"]).to(learner.device)
+        normalizer = Normalizer(tensors["normalizer.mean"], tensors["normalizer.std"]).to(torch_device)
         if normalizer.mean.numel() != c or normalizer.std.numel() != c:
             raise ValueError(f"normalizer has {normalizer.mean.numel()} channels, input_shape says {c}")
     except AbdEdgeError as e:
         raise BundleError(f"{directory} holds an unusable learner state: {e}") from e
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as e:
         raise BundleIntegrityError(f"{directory} holds an inconsistent learner state: {type(e).__name__}: {e}") from e
-    learner._state = _State(
+    state = LearnerState(
         registry=registry, model=model, generator=gen, generator_opt=gen_opt, normalizer=normalizer,
         input_shape=(c, h, w), tasks_learned=tasks_learned,
     )
-    learner.history = history
-    return learner
+    return SavedLearner(cfg, state, history)

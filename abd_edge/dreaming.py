@@ -290,7 +290,7 @@ class ReplaySampler:
         self.old_model.eval()
         with _autocast(self.autocast):
             x = self.generator(self.generator.sample_latent(n, self.rng)).contiguous(memory_format=self.memory_format)
-            logits, feats = self.old_model.forward_features(x)  # type: ignore[operator]
+            logits, feats = self.old_model.forward_with_features(x)  # type: ignore[operator]
         logits = logits[:, : self.n_old].float()
         return ReplayBatch(x.float(), logits.argmax(dim=1), logits, feats.float())
 
@@ -369,7 +369,7 @@ def measure_diversity(
         preds, feats = [], []
         for s in range(0, n, batch_size):
             x = generator(generator.sample_latent(min(batch_size, n - s), rng))
-            logits, f = classifier.forward_features(x.contiguous(memory_format=memory_format))  # type: ignore[operator]
+            logits, f = classifier.forward_with_features(x.contiguous(memory_format=memory_format))  # type: ignore[operator]
             preds.append(logits[:, :n_classes].float().argmax(1))
             feats.append(f.float())
         pred, feat = torch.cat(preds), torch.cat(feats)
@@ -379,7 +379,7 @@ def measure_diversity(
         spread: dict[int, float] = {}
         if real_images is not None and real_labels is not None:
             real_feats = torch.cat([
-                classifier.forward_features(real_images[s : s + batch_size].contiguous(memory_format=memory_format))[1].float()  # type: ignore[operator]
+                classifier.forward_features(real_images[s : s + batch_size].contiguous(memory_format=memory_format)).float()  # type: ignore[operator]
                 for s in range(0, real_images.shape[0], batch_size)
             ])
             for k in sorted(set(real_labels.tolist())):

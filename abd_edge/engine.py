@@ -201,11 +201,11 @@ def train_task(
             y = torch.cat([y, rb.labels])
         x = x.contiguous(memory_format=memory_format)
         with _autocast(autocast):
-            logits, feats = model.forward_features(x)
+            logits, feats = model.forward_with_features(x)
         if method.uses_old_model and old_model is not None:
             if n_real > 0:
                 with torch.no_grad(), _autocast(autocast):
-                    ol, of = old_model.forward_features(x[:n_real])
+                    ol, of = old_model.forward_with_features(x[:n_real])
                 old_logits, old_feats = ol[:, : ctx.n_old].float(), of.float()
                 if rb is not None:
                     old_logits = torch.cat([old_logits, rb.old_logits])

@@ -4,180 +4,35 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import logging
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 
 from .auto_config import resolved_settings, settle_for_call, settle_for_data
+from .checkpoint import read_learner, save_learner
+from .compute import config_threads, make_cuda_repeatable, resolve_autocast, resolve_device
 from .config import LearnerConfig, PrivacyConfig
-from .data.adapters import as_labeled_images, images_to_tensor, with_batch_axis
+from .data.adapters import as_labeled_images
+from .data.arrays import images_to_tensor, with_batch_axis
 from .data.augment import BatchAugment, to_unit_float
 from .data.images import LabeledImages
-from .dreaming import AutocastSpec, DreamReport, ReplaySampler, measure_diversity, train_generator
+from .dreaming import DreamReport, ReplaySampler, measure_diversity, train_generator
 from .engine import Normalizer, TrainResult, predict_logits, train_task, weight_align
-from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
+from .errors import ConfigError, ImageSpecError, NotFittedError
 from .grad_clip import GlobalNormClip
+from .learner_state import LearnerState, build_models
 from .methods import TaskContext, build_method
-from .models import build_backbone, build_generator
 from .models.generator import Generator
 from .models.resnet import CifarResNet
-from .registry import ClassRegistry
+from .registry import ClassRegistry, resolve_names
+from .reports import LearnReport, NewClassesNotLearnedWarning, Prediction, warn_about
+
+__all__ = ["Learner", "LearnReport", "NewClassesNotLearnedWarning", "Prediction"]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was requested but CUDA is not available")
-    return dev
-
-
-def make_cuda_repeatable() -> None:
-    """Ask cuDNN for deterministic kernels so that a seed fixes a CUDA run too.
-
-    By default cuDNN may choose backward convolution kernels that add in a
-    varying order; on cifar10-5x2 two CUDA runs of one configuration and seed
-    then ended task 2 at 59% and 70%, which makes recipe comparisons noise.
-    """
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_autocast(precision: str, device: torch.device) -> AutocastSpec | None:
-    """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX/AVX512-BF16); fp32 elsewhere.
-
-    On CPUs without native bf16 (AVX2-only, e.g. AMD Zen 3) autocast emulates
-    it and runs about 10x slower, so "auto" never picks it there.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_bf16()
-        if not native:
-            return None
-    return AutocastSpec(device.type, torch.bfloat16, True)
-
-
-def _config_threads(method: Any) -> Any:
-    """Run a Learner method on ``config.num_threads`` torch threads (when set), restoring the caller's count after.
-
-    torch's thread count is process-wide, so it is set for the call only:
-    an application that asked for 1 thread must not find 2 busy cores.
-    """
-
-    @functools.wraps(method)
-    def wrapper(self: "Learner", *args: Any, **kwargs: Any) -> Any:
-        wanted = self.config.num_threads
-        before = torch.get_num_threads()
-        if wanted is None or wanted == before:
-            return method(self, *args, **kwargs)
-        torch.set_num_threads(wanted)
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            torch.set_num_threads(before)
-
-    return wrapper
-
-
-@dataclass
-class LearnReport:
-    """What one ``learn_new_classes`` call did."""
-
-    task_index: int
-    labels_added: list[int | str]
-    names_added: list[str]
-    class_indices: list[int]
-    n_images: int
-    epoch_losses: list[dict[str, float]]
-    train_accuracy: float | None  # None after a private update: a statistic of the local data
-    train_seconds: float
-    train_images_per_second: float
-    dream_seconds: float
-    dream_iterations: int
-    dream_losses: dict[str, float]
-    stopped_early: bool = False
-    head_align_factor: float | None = None
-    privacy: dict[str, Any] | None = None
-    data_settings: dict[str, Any] | None = None  # data-dependent settings this call used, auto or explicit
-    # False when the model, after this call, classifies fewer than config.new_class_accuracy_floor of the
-    # call's own training images correctly: the update did not learn its new classes (a warning is raised too).
-    learned_new_classes: bool | None = None
-    dream_diversity: dict[str, Any] | None = None  # dreaming.DreamDiversity.to_dict() after this call's dreaming
-
-    @property
-    def dream_seconds_per_iteration(self) -> float:
-        return self.dream_seconds / self.dream_iterations if self.dream_iterations else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["dream_seconds_per_iteration"] = self.dream_seconds_per_iteration
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LearnReport":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-class NewClassesNotLearnedWarning(UserWarning):
-    """An update ended without learning its new classes on its own training data."""
-
-
-def _warn_about(report: LearnReport, floor: float) -> None:
-    """Say loudly what a report shows went wrong; the call itself still succeeded."""
-    if report.learned_new_classes is False:
-        msg = (f"task {report.task_index + 1} did not learn its new classes {report.names_added}: after training, "
-               f"only {100 * report.train_accuracy:.1f}% of its own training images are classified correctly "
-               f"(floor {100 * floor:.0f}%, config.new_class_accuracy_floor); its predictions for these classes "
-               "will be mostly wrong")
-        log.warning(msg)
-        warnings.warn(msg, NewClassesNotLearnedWarning, stacklevel=3)
-    div = report.dream_diversity
-    if div and div["class_fractions"] and div["min_fraction"] < 0.25 * div["uniform_fraction"]:
-        rare = [i for i, f in enumerate(div["class_fractions"]) if f < 0.25 * div["uniform_fraction"]]
-        log.warning("dreams under-represent class indices %s (under a quarter of the uniform share %.1f%%); "
-                    "the next update will replay little of them", rare, 100 * div["uniform_fraction"])
-
-
-@dataclass
-class Prediction:
-    """Predicted class indices with the user's labels and names for them."""
-
-    indices: torch.Tensor
-    labels: list[int | str]
-    names: list[str]
-    probabilities: torch.Tensor = field(repr=False)
-
-
-@dataclass
-class _State:
-    """Everything a call may change, swapped in as a whole when the call succeeds."""
-
-    registry: ClassRegistry
-    model: CifarResNet | None = None
-    generator: Generator | None = None
-    generator_opt: torch.optim.Optimizer | None = None
-    normalizer: Normalizer | None = None
-    input_shape: tuple[int, int, int] | None = None  # (C, H, W)
-    tasks_learned: int = 0
 
 
 class Learner:
@@ -206,7 +61,7 @@ class Learner:
         self.method = build_method(cfg.method, cfg.losses)
         self._autocast = resolve_autocast(cfg.precision, self.device)
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self._state = _State(ClassRegistry())
+        self._state = LearnerState(ClassRegistry())
         self.history: list[LearnReport] = []
 
     def reconfigure(self, **overrides: Any) -> None:
@@ -276,58 +131,13 @@ class Learner:
                 f"images have shape (C, H, W) = {tuple(images.shape[1:])}; this learner expects {shape}"
             )
 
-    def _resolve_names(
-        self, new_labels: list[Hashable], class_names: Mapping[Hashable, str] | Sequence[str] | None,
-        data_names: Mapping[Hashable, str],
-    ) -> list[str]:
-        if class_names is None:
-            return [str(data_names.get(lab, lab)) for lab in new_labels]
-        if isinstance(class_names, Mapping):
-            keys = set(class_names)
-            if keys != set(new_labels):
-                raise LabelError(
-                    f"class_names keys {sorted(map(str, keys))} do not match the new labels {sorted(map(str, new_labels))}"
-                )
-            return [str(class_names[lab]) for lab in new_labels]
-        names = list(class_names)
-        if isinstance(class_names, str) or len(names) != len(new_labels):
-            raise LabelError(
-                f"class_names has {len(names) if not isinstance(class_names, str) else 'a string, not'} entries "
-                f"but the dataset brings {len(new_labels)} new labels {new_labels}"
-            )
-        return [str(n) for n in names]
-
     def _seeded_generator(self, task_index: int, salt: int = 0) -> torch.Generator:
         g = torch.Generator(device=self.device)
         g.manual_seed((self.config.seed * 1_000_003 + task_index * 7919 + salt) % (2**63))
         return g
 
-    def _new_models(self, channels: int, size: int, capacity: int) -> tuple[CifarResNet, Generator | None]:
-        cfg = self.config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            model = build_backbone(cfg.backbone, capacity, channels)
-            gen = build_generator(cfg.generator, size, channels) if self.method.uses_replay else None
-        model = model.to(self.device, memory_format=self._memory_format)
-        if gen is not None:
-            # channels_last makes the generator's 128-channel convolutions about 20% faster on CPU
-            gen = gen.to(self.device, memory_format=self._memory_format)
-        return model, gen
-
-    @staticmethod
-    def _grow_head(model: CifarResNet, capacity: int) -> None:
-        old = model.last
-        new = torch.nn.Linear(old.in_features, capacity).to(old.weight.device)
-        with torch.no_grad():
-            new.weight.zero_()
-            new.bias.zero_()
-            torch.nn.init.kaiming_normal_(new.weight[old.out_features :])
-            new.weight[: old.out_features] = old.weight
-            new.bias[: old.out_features] = old.bias
-        model.last = new
-
     # ----------------------------------------------------------- the API
-    @_config_threads
+    @config_threads
     def learn_new_classes(
         self,
         dataset: Any,
@@ -360,7 +170,7 @@ class Learner:
         cfg, per_call = settle_for_call(settled, len(data))
         self._check_images(data.images, st.input_shape)
         new_labels = data.unique_labels()
-        names = self._resolve_names(new_labels, class_names, data.class_names)
+        names = resolve_names(new_labels, class_names, data.class_names)
         registry = st.registry.extended(new_labels, names)  # validates labels
         budget = time_budget_s if time_budget_s is not None else cfg.time_budget_s
         deadline = time.perf_counter() + budget if budget is not None else None
@@ -381,7 +191,8 @@ class Learner:
         # Build or copy everything this call will change.
         if first:
             capacity = max(cfg.max_classes, n_seen)
-            model, gen = self._new_models(c, h, capacity)
+            model, gen = build_models(cfg, replay=self.method.uses_replay, channels=c, size=h, capacity=capacity,
+                                      device=self.device, memory_format=self._memory_format)
             gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr) if gen is not None else None
             normalizer = self._normalizer_for(data)
             old_model = None
@@ -390,7 +201,7 @@ class Learner:
             old_model = st.model
             model = copy.deepcopy(st.model)
             if n_seen > model.num_classes:
-                self._grow_head(model, max(n_seen, 2 * model.num_classes))
+                model.grow_head(max(n_seen, 2 * model.num_classes))
             gen = copy.deepcopy(st.generator) if st.generator is not None else None
             gen_opt = None
             if gen is not None:
@@ -439,7 +250,7 @@ class Learner:
             del replay
             align = None
             if not first and cfg.head_balance == "weight_align":
-                align = weight_align(model.last, n_old, n_seen)
+                align = weight_align(model.get_classifier(), n_old, n_seen)
             if private:
                 # Accuracy and feature spread on the local images are statistics of them: a private update reports neither.
                 train_acc = None
@@ -489,9 +300,9 @@ class Learner:
             dream_diversity=diversity.to_dict() if diversity is not None else None,
             privacy=self._ledger_entry(task_index, n_old, n_seen, new_labels, len(data), setup, first),
         )
-        _warn_about(report, cfg.new_class_accuracy_floor)
+        warn_about(report, cfg.new_class_accuracy_floor)
         # Commit: swap in the new state as a whole.
-        self._state = _State(
+        self._state = LearnerState(
             registry=registry, model=model, generator=gen, generator_opt=gen_opt,
             normalizer=normalizer, input_shape=(c, h, w), tasks_learned=task_index + 1,
         )
@@ -559,7 +370,7 @@ class Learner:
         self._check_images(x, shape)
         return x
 
-    @_config_threads
+    @config_threads
     def logits(self, images: Any) -> torch.Tensor:
         """Logits over the seen classes (float32, CPU)."""
         x = self._as_images(images)
@@ -584,7 +395,7 @@ class Learner:
         pred = self.logits(data).argmax(dim=1)
         return float((pred == targets).float().mean())
 
-    @_config_threads
+    @config_threads
     @torch.no_grad()
     def dream(self, n: int, *, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` dreamed images (normalised input space, CPU) and the classes the model gives them."""
@@ -600,15 +411,20 @@ class Learner:
         return x.float().cpu(), labels.cpu()
 
     # ----------------------------------------------------------- persistence
-    def save(self, directory: str | Path) -> Path:
-        """Write weights (safetensors), state (JSON) and a manifest with hashes; atomic."""
-        from .checkpoint import save_learner
+    def save(self, directory: str | Path, *, keep_optimizer: bool | None = None) -> Path:
+        """Write weights (safetensors), state (JSON) and a manifest with hashes; atomic.
 
-        return save_learner(self, Path(directory))
+        ``keep_optimizer=False`` leaves the generator's Adam state out (a bundle's default); None: the config's.
+        """
+        return save_learner(self, Path(directory), keep_optimizer=keep_optimizer)
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str | None = None) -> "Learner":
-        """Load a directory written by :meth:`save` after checking every file's hash."""
-        from .checkpoint import load_learner
+    def load(cls, directory: str | Path, *, device: str | None = None, hashes: bool = True) -> "Learner":
+        """Load a directory written by :meth:`save` after checking every file's hash.
 
-        return load_learner(Path(directory), device=device)
+        ``hashes=False`` only for files the caller has just verified (a bundle version it has opened).
+        """
+        saved = read_learner(Path(directory), device=device, hashes=hashes)
+        learner = cls(saved.config)
+        learner._state, learner.history = saved.state, saved.history
+        return learner

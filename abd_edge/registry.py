@@ -7,7 +7,7 @@ pseudo-labels and every deployed application refer to classes by index.
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from .errors import LabelError
 
@@ -85,3 +85,26 @@ class ClassRegistry:
         if not isinstance(labels, list) or not isinstance(names, list) or len(labels) != len(names):
             raise LabelError(f"registry needs equal-length 'labels' and 'names' lists, got {data!r}")
         return cls().extended(labels, names)
+
+
+def resolve_names(
+    new_labels: list[Hashable], class_names: Mapping[Hashable, str] | Sequence[str] | None,
+    data_names: Mapping[Hashable, str],
+) -> list[str]:
+    """Names for a call's new labels: ``class_names`` (a dict by label, or a list in label order), else the data's own, else str(label)."""
+    if class_names is None:
+        return [str(data_names.get(lab, lab)) for lab in new_labels]
+    if isinstance(class_names, Mapping):
+        keys = set(class_names)
+        if keys != set(new_labels):
+            raise LabelError(
+                f"class_names keys {sorted(map(str, keys))} do not match the new labels {sorted(map(str, new_labels))}"
+            )
+        return [str(class_names[lab]) for lab in new_labels]
+    names = list(class_names)
+    if isinstance(class_names, str) or len(names) != len(new_labels):
+        raise LabelError(
+            f"class_names has {len(names) if not isinstance(class_names, str) else 'a string, not'} entries "
+            f"but the dataset brings {len(new_labels)} new labels {new_labels}"
+        )
+    return [str(n) for n in names]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from abd_edge import Learner, runtime
-from abd_edge.bench import load_benchmark_data
+from abd_edge.apps.bench import load_benchmark_data
 from abd_edge.environment import environment
 from abd_edge.export import DeployedClassifier, export_bundle, export_generator
 from latency import onnx_latency, torch_latency  # benchmarks/latency.py (this script's directory is on sys.path)

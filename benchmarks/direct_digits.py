@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from abd_edge import Learner, LearnerConfig
-from abd_edge.bench import environment
+from abd_edge.apps.bench import environment
 from abd_edge.data import class_order, load_digits
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from abd_edge import Learner
-from abd_edge.bench import environment, load_benchmark_data
+from abd_edge.apps.bench import environment, load_benchmark_data
 from abd_edge.data.augment import to_unit_float
 from abd_edge.dreaming import measure_diversity
 

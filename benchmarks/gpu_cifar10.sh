@@ -23,7 +23,7 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
 EOF
 
 # smoke: the whole pipeline on CUDA in seconds; stop here if it breaks
-if ! timeout 120 python3 -m abd_edge.cli bench --dataset digits --tasks 2 --epochs 1 --dream-iters 5 --device cuda \
+if ! timeout 120 python3 -m abd_edge bench --dataset digits --tasks 2 --epochs 1 --dream-iters 5 --device cuda \
         --quiet --no-plot --out "$RES/smoke.json" > "$RES/smoke.log" 2>&1; then
     cat "$RES/smoke.log"; echo "SMOKE FAILED"; exit 3
 fi
@@ -34,10 +34,10 @@ start=$(date +%s)
 for m in abd deepinversion lwf lwf_mc finetune upper_bound; do
     extra=()
     [ "$m" = abd ] && extra=(--save-learner "$RES/learner-abd")
-    timeout "$LIMIT" python3 -m abd_edge.cli bench "${common[@]}" --method "$m" "${extra[@]}" \
+    timeout "$LIMIT" python3 -m abd_edge bench "${common[@]}" --method "$m" "${extra[@]}" \
         --out "$RES/cifar10-5x2-$m.json" > "$RES/$m.log" 2>&1 &
 done
-timeout "$LIMIT" python3 -m abd_edge.cli bench "${common[@]}" --method abd --generator abd_compact \
+timeout "$LIMIT" python3 -m abd_edge bench "${common[@]}" --method abd --generator abd_compact \
     --out "$RES/cifar10-5x2-abd_compact.json" > "$RES/abd_compact.log" 2>&1 &
 wait
 echo "all benchmark processes done in $(( $(date +%s) - start )) s"

@@ -22,7 +22,7 @@ start=$(date +%s)
 while read -r name rest; do
     [ -z "$name" ] && continue
     # shellcheck disable=SC2086
-    timeout "$LIMIT" python3 -m abd_edge.cli bench "${common[@]}" $rest --out "$RES/sweep-$name.json" > "$RES/$name.log" 2>&1 &
+    timeout "$LIMIT" python3 -m abd_edge bench "${common[@]}" $rest --out "$RES/sweep-$name.json" > "$RES/$name.log" 2>&1 &
 done <<< "$VARIANTS"
 wait
 echo "sweep done in $(( $(date +%s) - start )) s"

@@ -3,7 +3,7 @@
 Protocol (digits by default, the device simulation's): the server learns the
 first task's classes and every device starts from that model; the remaining
 tasks arrive one by one as local updates with the device budget
-(``abd_edge.simulate.default_budget``). Rows, all from the same base model:
+(``abd_edge.apps.simulate.default_budget``). Rows, all from the same base model:
 
 * ``never_updated``: the base model forever;
 * ``finetune``: non-private update without replay;
@@ -39,13 +39,13 @@ from typing import Any
 
 import torch
 
-from abd_edge.bench import BenchSpec, environment, learner_config, load_benchmark_data
+from abd_edge.apps.bench import BenchSpec, environment, learner_config, load_benchmark_data
 from abd_edge.config import PrivacyConfig
 from abd_edge.data import class_order, split_tasks
 from abd_edge.learner import Learner
 from abd_edge.privacy.audit import dream_memorisation, membership_audit
 from abd_edge.resources import PeakRSS, current_rss_bytes
-from abd_edge.simulate import _uint8, default_budget
+from abd_edge.apps.simulate import _uint8, default_budget
 
 
 def apply_budget(learner: Learner, budget: Any, method: str) -> None:

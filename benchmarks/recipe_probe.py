@@ -22,7 +22,7 @@ import time
 import torch
 
 from abd_edge import Learner
-from abd_edge.bench import BenchSpec, learner_config, load_benchmark_data
+from abd_edge.apps.bench import BenchSpec, learner_config, load_benchmark_data
 from abd_edge.data import class_order, split_tasks
 
 

@@ -13,7 +13,7 @@ that never updates and one that fine-tunes without replay.
 
 import sys
 
-from abd_edge.cli import main
+from abd_edge.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["simulate", *sys.argv[1:]]))

@@ -13,7 +13,6 @@ spends seconds hashing a 32 MB generator it does not run.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from abd_edge.bundle_format import fault_point
 from abd_edge.bundle_schema import GENERATOR_ONNX as GENERATOR
 from abd_edge.bundle_schema import LEARNER_DIR, Manifest, session_options
 from abd_edge.bundle_store import BundleStore
@@ -256,73 +254,18 @@ class DeviceLearner:
         require("torch", "onnx", "onnxscript", "safetensors", feature="a device update (learn_new_classes)")
         if self.trusted_keys is not None and self.signing_key is None:
             raise ConfigError("this device requires signed versions (trusted_keys) but has no signing_key to sign its update with")
-        import torch  # the only place the runtime needs torch
+        from abd_edge.export.local_update import update_bundle  # the only place the runtime needs torch
 
-        from abd_edge.checkpoint import load_learner
-        from abd_edge.data.adapters import as_labeled_images
-        from abd_edge.export.bundle import export_bundle
-        from abd_edge.export.quality import QualityGate, check_update, dream_old_classes
-
-        b = budget or self.budget
-        b.validate()
-        gate = quality or self.quality or QualityGate()
-        gate.validate()
-        data = as_labeled_images(local_dataset)  # converted once: trained on, then a sample checks the result
         start = time.perf_counter()
-        with PeakRSS() as peak, self.store.lock():
-            version, manifest = self.store.read()  # the current version under the lock (another device may have moved it)
-            if manifest.get("serve_only") or not any(f.startswith(LEARNER_DIR + "/") for f in manifest["files"]):
-                raise BundleError(
-                    f"bundle version {version} is serving-only (exported with serve_only / --serve-only): it has no "
-                    "learner state to update; deploy an updatable bundle to learn on the device"
-                )
-            # store.read() has just hashed every file of this immutable version, learner/ included.
-            learner = load_learner(self.store.version_dir(version) / LEARNER_DIR, device="cpu", hashes=False)
-            cfg = learner.config
-            later = dataclasses.replace(cfg.later_tasks, epochs=b.epochs, batch_size=b.batch_size or cfg.later_tasks.batch_size)
-            dream = dataclasses.replace(cfg.dream, iterations=b.dream_iterations)
-            learner.reconfigure(later_tasks=later, dream=dream, **({"method": method} if method else {}))
-            threads_before = torch.get_num_threads()
-            if b.threads is not None:
-                torch.set_num_threads(b.threads)
-            try:
-                n_old = learner.num_classes
-                replays = learner.method.uses_replay
-                old_dreamed = dream_old_classes(learner, gate, seed=learner.tasks_learned) if replays else None
-                rep = learner.learn_new_classes(data, class_names, time_budget_s=b.time_budget_s,
-                                                show_progress=show_progress, privacy=b.privacy)
-                private = bool(rep.privacy and rep.privacy.get("private"))
-                quality_checks = check_update(
-                    learner, new_images=None if private else data.images,
-                    train_accuracy=None if private else rep.train_accuracy, n_old=n_old,
-                    old_dreamed=old_dreamed, gate=gate,
-                )
-                if not replays:
-                    quality_checks["old_class_share"] = f"not checked: method {learner.config.method!r} does not replay"
-            finally:
-                torch.set_num_threads(threads_before)
-            fault_point("update_trained")
-            t_export = time.perf_counter()
-            summary = {
-                "update": "local",
-                "labels_added": rep.labels_added,
-                "names_added": rep.names_added,
-                "n_classes": learner.num_classes,
-                "train_accuracy": rep.train_accuracy,
-                "seconds_train": rep.train_seconds,
-                "seconds_dream": rep.dream_seconds,
-                "stopped_early": rep.stopped_early,
-                "privacy_spent": rep.privacy,
-                "quality": quality_checks,
-            }
-            info = export_bundle(learner, self.store, summary=summary, quantize=quantize, sign_key=self.signing_key,
-                                 generator_onnx=GENERATOR in manifest["files"])  # keep the bundle's shape
-            seconds_export = time.perf_counter() - t_export
-            del learner
-        self._load(info["version"], info["manifest"])  # verified by the commit, not hashed a third time
+        with PeakRSS() as peak:
+            upd = update_bundle(self.store, local_dataset, class_names, budget=budget or self.budget, method=method,
+                                quantize=quantize, gate=quality or self.quality, sign_key=self.signing_key,
+                                show_progress=show_progress)
+        self._load(upd.version, upd.export["manifest"])  # verified by the commit, not hashed a third time
+        rep = upd.learn
         return UpdateReport(
             version=self.version,
-            parent_version=version,
+            parent_version=upd.parent_version,
             labels_added=rep.labels_added,
             names_added=rep.names_added,
             n_images=rep.n_images,
@@ -330,13 +273,13 @@ class DeviceLearner:
             seconds_total=time.perf_counter() - start,
             seconds_train=rep.train_seconds,
             seconds_dream=rep.dream_seconds,
-            seconds_export=seconds_export,
+            seconds_export=upd.seconds_export,
             stopped_early=rep.stopped_early,
             peak_rss_mb=peak.peak_mb,
-            bundle_mb=info["bytes"] / 2**20,
+            bundle_mb=upd.export["bytes"] / 2**20,
             privacy=rep.privacy,
             learn=rep.to_dict(),
-            quality=quality_checks,
+            quality=upd.quality,
         )
 
 
@@ -382,10 +325,10 @@ class DeviceLearner:
                 raise BundleIntegrityError(f"{GENERATOR} of bundle version {served.version} does not run as its manifest says: {e}") from None
         else:  # the default: the generator travels once, as the learner's weights
             require("torch", "safetensors", feature=f"dreaming from bundle version {served.version} (it has no {GENERATOR})")
-            from abd_edge.checkpoint import load_learner
+            from abd_edge.learner import Learner
 
             served.ensure_verified(manifest.learner_files())
-            images = load_learner(served.directory / LEARNER_DIR, device="cpu", hashes=False).dream(n, seed=seed)[0].numpy()
+            images = Learner.load(served.directory / LEARNER_DIR, device="cpu", hashes=False).dream(n, seed=seed)[0].numpy()
         if images.shape != (n, c, h, w):
             raise BundleIntegrityError(
                 f"the generator of bundle version {served.version} makes images shaped {images.shape}, expected {(n, c, h, w)}"

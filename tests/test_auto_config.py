@@ -12,7 +12,7 @@ from abd_edge.auto_config import auto_augment, auto_batch_size, auto_grad_clip, 
 from abd_edge.config import AugmentConfig, TrainConfig
 from abd_edge.errors import ConfigError
 from abd_edge.grad_clip import GlobalNormClip
-from abd_edge.learner import NewClassesNotLearnedWarning
+from abd_edge.reports import NewClassesNotLearnedWarning
 from tests.conftest import make_task, tiny_config
 
 

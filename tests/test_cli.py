@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from abd_edge import __version__
-from abd_edge.cli import build_parser
+from abd_edge.apps.bench import BenchSpec, learner_config
+from abd_edge.apps.cli import build_parser
+from abd_edge.errors import ConfigError
 from conftest import REPO, make_task
 
 
 def cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "abd_edge.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([sys.executable, "-m", "abd_edge", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 def test_bench_digits_writes_json_and_png(tmp_path):
@@ -119,6 +121,18 @@ def test_bench_rejects_bad_counts(tmp_path, bad):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("tasks", 0), ("dream_iters", -1), ("epochs", True), ("batch_size", 1)])
+def test_bench_spec_refuses_through_the_api_what_the_cli_refuses(field, value):
+    """BenchSpec(epochs=0) used to run the dataset's 12 epochs while its JSON recorded 0."""
+    with pytest.raises(ConfigError, match=rf"BenchSpec\.{field}={value!r}: expected an int >= "):
+        BenchSpec(**{field: value})
+
+
+def test_bench_spec_epochs_none_means_the_default_and_one_means_one():
+    assert learner_config(BenchSpec(dataset="digits"), "abd").later_tasks.epochs == 12  # digits' protocol
+    assert learner_config(BenchSpec(dataset="digits", epochs=1), "abd").later_tasks.epochs == 1
+
+
 def test_bench_report_on_missing_or_bad_file(tmp_path):
     res = cli("bench-report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "all.json"))
     assert res.returncode == 2 and "missing.json does not exist" in res.stderr and "Traceback" not in res.stderr
@@ -171,7 +185,7 @@ def test_info_on_root_version_and_learner_without_torch(npz_tasks, tmp_path):
     assert cli("keygen", str(tmp_path / "key")).returncode == 0
     res = cli("export", str(learner), str(bundle), "--sign-key", str(tmp_path / "key"))
     assert res.returncode == 0 and json.loads(res.stdout)["signed"] is True, res.stderr
-    block = "import sys\nsys.modules['torch'] = None\nfrom abd_edge.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    block = "import sys\nsys.modules['torch'] = None\nfrom abd_edge.apps.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     docs = {}
     for name, path in (("root", bundle), ("version", bundle / "versions" / "v000001"), ("learner", learner)):
         res = subprocess.run([sys.executable, "-c", block, "info", str(path)], capture_output=True, text=True, cwd=REPO)

@@ -5,7 +5,7 @@ import torch
 
 from abd_edge.config import LearnerConfig
 from abd_edge.errors import ConfigError
-from abd_edge.learner import make_cuda_repeatable
+from abd_edge.compute import make_cuda_repeatable
 
 
 def test_paper_defaults_and_short_recipe():

@@ -1,5 +1,6 @@
-"""Layers: the runtime imports no torch, no export, no engine; no import cycles through it;
-a runtime-only install says which extra a torch feature needs."""
+"""Layers: engine <- export <- runtime <- apps, one way; no import cycle, even through imports inside
+functions; the runtime imports no torch, no export, no engine; a runtime-only install says which extra a
+torch feature needs."""
 
 from __future__ import annotations
 
@@ -41,6 +42,41 @@ def test_checker_catches_a_forbidden_import(tmp_path, monkeypatch):
     assert any("torch" in e for e in errors) and any("abd_edge.engine" in e for e in errors), errors
 
 
+def _fake_tree(tmp_path, monkeypatch, files: dict[str, str]) -> list[str]:
+    """Lay out a small abd_edge tree (engine/export/runtime/apps) and return the checker's errors on it."""
+    for rel, text in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for pkg, folder in (("abd_edge", "abd_edge"), ("abd_edge.export", "export"), ("abd_edge.runtime", "runtime")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "__init__.py").touch()
+        monkeypatch.setitem(check_imports.ROOTS, pkg, tmp_path / folder)
+    return check_imports.report()[1]
+
+
+def test_checker_catches_imports_into_a_higher_layer(tmp_path, monkeypatch):
+    errors = _fake_tree(tmp_path, monkeypatch, {
+        "abd_edge/engine.py": "def f():\n    from abd_edge.export import bundle\n",  # lazy, still upward
+        "abd_edge/apps/__init__.py": "",
+        "abd_edge/apps/cli.py": "x = 1\n",
+        "export/bundle.py": "from abd_edge.extras import import_or_explain\n"
+                            "def g():\n    return import_or_explain('abd_edge.apps.cli', feature='x')\n",
+        "runtime/device.py": "from abd_edge import engine\n",  # downward: allowed
+    })
+    assert "engine module abd_edge.engine imports export module abd_edge.export.bundle (inside a function)" in errors
+    assert "export module abd_edge.export.bundle imports apps module abd_edge.apps.cli (inside a function)" in errors
+    assert not any("abd_edge.runtime.device imports" in e for e in errors), errors
+
+
+def test_checker_catches_a_cycle_through_imports_inside_functions(tmp_path, monkeypatch):
+    errors = _fake_tree(tmp_path, monkeypatch, {
+        "abd_edge/learner.py": "from abd_edge import checkpoint\n",
+        "abd_edge/checkpoint.py": "def load():\n    from abd_edge.learner import Learner\n",
+    })
+    assert errors == ["import cycle (through imports inside functions): ['abd_edge.checkpoint', 'abd_edge.learner']"], errors
+
+
 def test_cycle_finder_on_a_hand_made_graph():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert check_imports.strongly_connected(graph) == [["a", "b", "c"]]
@@ -48,7 +84,7 @@ def test_cycle_finder_on_a_hand_made_graph():
 
 def test_runtime_side_imports_without_torch():
     code = (
-        "import abd_edge, abd_edge.runtime, abd_edge.cli, abd_edge.describe, abd_edge.signing, abd_edge.environment\n"
+        "import abd_edge, abd_edge.runtime, abd_edge.apps.cli, abd_edge.describe, abd_edge.signing, abd_edge.environment\n"
         "loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split('.')[0] in ('torch', 'onnx'))\n"
         "bad = sorted(m for m in sys.modules if m.startswith(('abd_edge.export', 'abd_edge.engine', 'abd_edge.learner')))\n"
         "assert not loaded and not bad, (loaded, bad)\nprint('ok')\n"
@@ -76,11 +112,11 @@ def test_torch_features_name_their_extra(code, extra):
 
 def test_cli_without_torch_names_the_extra_and_info_works(tmp_path):
     res = _run_blocked(
-        "from abd_edge.cli import main\n"
+        "from abd_edge.apps.cli import main\n"
         f"sys.exit(main(['learn', {str(tmp_path)!r}, '--learner', {str(tmp_path / 'l')!r}]))\n"
     )
     assert res.returncode == 2 and "abd-edge[train]" in res.stderr and "Traceback" not in res.stderr, res.stderr
-    res = _run_blocked("from abd_edge.cli import main\nsys.exit(main(['bench', '--tasks', '2']))\n")
+    res = _run_blocked("from abd_edge.apps.cli import main\nsys.exit(main(['bench', '--tasks', '2']))\n")
     assert res.returncode == 2 and "abd-edge[bench]" in res.stderr and "Traceback" not in res.stderr, res.stderr
-    res = _run_blocked("from abd_edge.cli import main\nsys.exit(main(['info']))\n")
+    res = _run_blocked("from abd_edge.apps.cli import main\nsys.exit(main(['info']))\n")
     assert res.returncode == 0 and '"abd_edge"' in res.stdout, res.stderr

@@ -105,12 +105,12 @@ def test_abd_loss_is_the_sum_of_its_parts():
     model, old = build_backbone("resnet20", 4, 3), build_backbone("resnet20", 4, 3)
     ctx = TaskContext(n_old=2, n_seen=4, model=model, old_model=old)
     feats, old_feats = torch.randn(4, 64), torch.randn(4, 64)
-    logits = model.last(feats)
-    out = StepOutputs(logits, feats, torch.tensor([2, 3, 0, 1]), 2, old.last(old_feats)[:, :2], old_feats)
+    logits = model.forward_head(feats)
+    out = StepOutputs(logits, feats, torch.tensor([2, 3, 0, 1]), 2, old.forward_head(old_feats)[:, :2], old_feats)
     total, parts = build_method("abd", LossConfig()).loss(ctx, out)
     assert set(parts) == {"local_ce", "head_ce", "feature_kd"}
     assert total.item() == pytest.approx(sum(p.item() for p in parts.values()), rel=1e-6)
-    expected_kd = 0.1 * importance_weighted_feature_kd(old.last.weight[:2], feats, old_feats)
+    expected_kd = 0.1 * importance_weighted_feature_kd(old.get_classifier().weight[:2], feats, old_feats)
     assert parts["feature_kd"].item() == pytest.approx(expected_kd.item(), rel=1e-6)
 
 

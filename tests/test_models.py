@@ -10,8 +10,28 @@ def test_resnet32_parameter_count():
     assert count_parameters(m) == 464_154  # "0.46 M" of the spec
     assert m.feature_dim == 64
     assert m.depth == 32 and len(m.blocks) == 15
-    logits, feats = m.forward_features(torch.randn(2, 3, 32, 32))
+    logits, feats = m.forward_with_features(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10) and feats.shape == (2, 64)
+
+
+def test_classifier_contract_features_head_and_growth():
+    """timm's contract: forward = forward_head(forward_features); grow_head keeps every learned row exactly."""
+    m = build_backbone("resnet20", 4, 3).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        assert feats.shape == (3, 64)
+        assert torch.equal(m.forward_head(feats), m(x))
+        before = m(x)
+        head = m.get_classifier()
+        m.grow_head(7)
+        after = m(x)
+    assert m.get_classifier() is not head and m.num_classes == 7
+    assert torch.equal(after[:, :4], before)  # old classes score exactly as before
+    assert torch.equal(m.get_classifier().bias[4:], torch.zeros(3))
+    assert m.get_classifier().weight[4:].abs().sum() > 0  # new rows initialised, not zero
+    with pytest.raises(ValueError, match="already has 7"):
+        m.grow_head(5)
 
 
 def test_resnet_grey_small_images():

@@ -158,7 +158,7 @@ def test_parity_failure_raises(exported):
     learner = exported["learner"]
     bad = ox.DeployedClassifier.from_learner(learner)
     with torch.no_grad():
-        bad.model.last.bias[:2] += torch.tensor([0.5, -0.5])
+        bad.model.get_classifier().bias[:2] += torch.tensor([0.5, -0.5])
     images = ox.verification_images(learner, 6, seed=0)
     with pytest.raises(ExportError, match=r"classifier\.onnx.*differ by .*atol=0\.0001"):
         ox.verify_parity(bad, exported["cls"]["path"], {"images": images})

@@ -35,13 +35,13 @@ def _bn_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_private_update_keeps_batchnorm_bit_identical_and_trains_the_head(base_learner):
     learner = copy.deepcopy(base_learner)
     before = _bn_state(learner.model)
-    head_before = learner.model.last.weight.detach().clone()
+    head_before = learner.model.get_classifier().weight.detach().clone()
     rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=PrivacyConfig(**FAST), show_progress=False)
     after = _bn_state(learner.model)
     assert before.keys() == after.keys() and len(before) > 0
     for k in before:
         assert torch.equal(before[k], after[k]), k
-    w = learner.model.last.weight[: head_before.shape[0]]
+    w = learner.model.get_classifier().weight[: head_before.shape[0]]
     assert not torch.equal(head_before[2:4], w[2:4])  # the new classes' rows learned
     assert torch.equal(head_before[:2], w[:2]) and torch.equal(head_before[4:], w[4:])  # the rest exactly as released
     # Opacus's hooks and per-sample buffers are gone, every parameter trainable again for later updates.

@@ -12,7 +12,7 @@ from conftest import REPO, make_task
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env_args = [sys.executable, "-m", "abd_edge.cli", *args]
+    env_args = [sys.executable, "-m", "abd_edge", *args]
     return subprocess.run(env_args, capture_output=True, text=True, cwd=REPO, timeout=600)
 
 

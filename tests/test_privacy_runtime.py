@@ -45,7 +45,7 @@ def test_device_private_update_writes_the_ledger(bundle_dir, tmp_path):
 
 
 def test_info_prints_the_ledger_summary(bundle_dir, capsys):
-    from abd_edge.cli import main
+    from abd_edge.apps.cli import main
 
     from abd_edge.bundle_store import BundleStore
 

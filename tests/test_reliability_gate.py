@@ -113,12 +113,12 @@ def test_check_update_flags_collapse_and_non_finite_outputs(base):
     gate = QualityGate()
     assert check_update(learner, new_images=x, train_accuracy=acc, n_old=2, old_dreamed=old, gate=gate)["passed"]
     with torch.no_grad():
-        learner.model.last.bias[2:4] += 50.0  # every dreamed old-class image now goes to a new class
+        learner.model.get_classifier().bias[2:4] += 50.0  # every dreamed old-class image now goes to a new class
     with pytest.raises(UpdateRejectedError, match="old classes collapsed") as info:
         check_update(learner, new_images=x, train_accuracy=acc, n_old=2, old_dreamed=old, gate=gate)
     assert info.value.checks["old_class_share"] == 0.0
     with torch.no_grad():
-        learner.model.last.weight[0, 0] = float("nan")
+        learner.model.get_classifier().weight[0, 0] = float("nan")
     with pytest.raises(UpdateRejectedError, match="non-finite"):
         check_update(learner, new_images=x, train_accuracy=acc, n_old=2, old_dreamed=old, gate=gate)
     # disabled: commits anything that exports (what the simulation uses to measure bad updates too)
@@ -140,6 +140,6 @@ def test_a_private_update_is_judged_on_dreams_only(base):
     checks = check_update(learner, new_images=None, train_accuracy=None, n_old=2, old_dreamed=old, gate=never_met)
     assert checks["passed"] and checks["train_accuracy"].startswith("not checked")
     with torch.no_grad():
-        learner.model.last.bias[2:4] += 50.0
+        learner.model.get_classifier().bias[2:4] += 50.0
     with pytest.raises(UpdateRejectedError, match="old classes collapsed"):
         check_update(learner, new_images=None, train_accuracy=None, n_old=2, old_dreamed=old, gate=never_met)

@@ -1,12 +1,17 @@
-"""Import graph of abd_edge: cycles, and what the device runtime pulls in.
+"""Import graph of abd_edge: the layers, cycles, and what the device runtime pulls in.
 
     python tools/check_imports.py          # prints the report; exit 1 if a layering rule is broken
 
 Parses the source (nothing is imported), so it also works without torch.
-Rules checked: (1) nothing the runtime imports at module level (transitively)
-is a torch/onnx module, the export package, the engine or the Learner; (2) no
-import cycle at module level contains a runtime module. Cycles elsewhere, and
-cycles through imports inside functions ("lazy"), are listed for information.
+The layers, lowest first: the engine (``abd_edge``: models, data, methods,
+loop, dreaming, Learner, the torch-free format modules) <- ``abd_edge.export``
+<- ``abd_edge.runtime`` <- ``abd_edge.apps`` (bench, simulate, audit, cli).
+Rules checked, counting imports inside functions ("lazy") and modules named
+to ``import_or_explain``/``importlib.import_module`` as imports too:
+(1) no module imports a module of a higher layer; (2) no import cycle at all;
+(3) nothing the runtime imports at module level (transitively) is a
+torch/onnx module, the export package, the engine's training modules or the
+Learner.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = {"abd_edge": REPO / "abd_edge", "abd_edge.export": REPO / "export", "abd_edge.runtime": REPO / "runtime"}
 HEAVY = {"torch", "torchvision", "onnx", "onnxscript", "safetensors", "opacus", "matplotlib", "sklearn"}
+LAYERS = ("engine", "export", "runtime", "apps")  # lowest first: a module may import its own layer and those below
 FORBIDDEN_FOR_RUNTIME = ("abd_edge.export", "abd_edge.engine", "abd_edge.learner", "abd_edge.checkpoint", "abd_edge.dreaming")
 
 
@@ -34,6 +40,15 @@ def modules() -> dict[str, Path]:
     return out
 
 
+def layer(module: str) -> str:
+    if module == "abd_edge.__main__":  # ``python -m abd_edge`` is the command line: an application
+        return "apps"
+    for name in ("apps", "runtime", "export"):
+        if module == f"abd_edge.{name}" or module.startswith(f"abd_edge.{name}."):
+            return name
+    return "engine"
+
+
 def _is_type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
@@ -47,6 +62,15 @@ def imports(name: str, path: Path, known: set[str]) -> tuple[set[str], set[str],
     eager: set[str] = set()
     lazy: set[str] = set()
     heavy: set[str] = set()
+
+    def _named_import(node: ast.AST) -> list[str]:
+        """import_or_explain("abd_edge.x", ...) / importlib.import_module("abd_edge.x"): an import by name."""
+        if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+            return []
+        fn = node.func
+        called = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
+        arg = node.args[0].value
+        return [arg] if called in ("import_or_explain", "import_module") and isinstance(arg, str) else []
 
     def targets(node: ast.AST) -> list[str]:
         if isinstance(node, ast.Import):
@@ -64,8 +88,9 @@ def imports(name: str, path: Path, known: set[str]) -> tuple[set[str], set[str],
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _is_type_checking(child):
                 continue
-            if isinstance(child, (ast.Import, ast.ImportFrom)):
-                for t in targets(child):
+            found = targets(child) if isinstance(child, (ast.Import, ast.ImportFrom)) else _named_import(child)
+            if found:
+                for t in found:
                     if t.split(".")[0] in HEAVY and top:
                         heavy.add(t.split(".")[0])
                     while t and t not in known:
@@ -144,13 +169,23 @@ def report() -> tuple[list[str], list[str]]:
             errors.append(f"{m} (imported by abd_edge.runtime) imports {sorted(heavy[m])} at module level")
         if m.startswith(FORBIDDEN_FOR_RUNTIME):
             errors.append(f"abd_edge.runtime imports {m} at module level")
+    both = {m: eager[m] | lazy[m] for m in mods}
+    upward = []
+    for m in sorted(mods):
+        for d in sorted(both[m]):
+            if LAYERS.index(layer(d)) > LAYERS.index(layer(m)):
+                how = "at module level" if d in eager[m] else "inside a function"
+                upward.append(f"{layer(m)} module {m} imports {layer(d)} module {d} ({how})")
+    counts = {name: sum(layer(m) == name for m in mods) for name in LAYERS}
+    lines.append("layers (lowest first): " + " <- ".join(f"{name} ({counts[name]} modules)" for name in LAYERS)
+                 + f"; imports into a higher layer: {len(upward) or 'none'}")
+    errors.extend(upward)
     cycles = strongly_connected(eager)
     lines.append(f"module-level import cycles: {cycles or 'none'}")
-    for comp in cycles:
-        if any(m.startswith("abd_edge.runtime") for m in comp):
-            errors.append(f"import cycle through the runtime: {comp}")
-    both = {m: eager[m] | lazy[m] for m in mods}
-    lines.append(f"cycles counting imports inside functions too: {strongly_connected(both) or 'none'}")
+    lazy_cycles = strongly_connected(both)
+    lines.append(f"cycles counting imports inside functions too: {lazy_cycles or 'none'}")
+    for comp in lazy_cycles:
+        errors.append(f"import cycle{'' if comp in cycles else ' (through imports inside functions)'}: {comp}")
     torch_free = sorted(m for m in mods if not heavy[m] and not any(heavy[d] for d in closure(eager, m)))
     lines.append(f"torch-free modules (nothing heavy at module level, transitively): {torch_free}")
     return lines, errors

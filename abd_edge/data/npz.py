@@ -23,7 +23,7 @@ from typing import Hashable
 import numpy as np
 
 from ..errors import ConfigError, DatasetError, LabelError
-from .adapters import images_to_tensor, labels_to_list
+from .arrays import images_to_tensor, labels_to_list
 from .images import LabeledImages
 from .jpeg_npz import is_cifar10_jpeg_file, load_cifar10_jpeg
 

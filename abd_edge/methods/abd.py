@@ -49,7 +49,7 @@ class ABD(Method):
         real = slice(0, out.n_real)
         # A private update evaluates the dreamed rows alone (n_real = 0): no local term there.
         local = local_ce(out.logits[real], out.labels[real], n_old, n) if out.n_real > 0 else out.logits.new_zeros(())
-        head = head_ce(ctx.model.last, out.features, out.labels, n_old, n)
-        w_old = ctx.old_model.last.weight[:n_old].detach()
+        head = head_ce(ctx.model.get_classifier(), out.features, out.labels, n_old, n)
+        w_old = ctx.old_model.get_classifier().weight[:n_old].detach()
         kd = self.cfg.feature_kd_weight * importance_weighted_feature_kd(w_old, out.features, out.old_features)
         return local + head + kd, {"local_ce": local, "head_ce": head, "feature_kd": kd}

@@ -1,9 +1,14 @@
 """CIFAR-style ResNets (He et al. 2016, section 4.2), the ABD classifier.
 
-The network returns its penultimate features next to the logits because the
-ABD losses need both from one forward pass: recomputing features costs a
-second pass and, in train mode, a second update of the BN running statistics
-that dreaming later inverts.
+The classifier contract (timm's names): ``forward_features`` (pooled
+penultimate features), ``forward_head`` (features -> logits),
+``get_classifier`` (the linear head) and ``grow_head`` (more output rows,
+the learned ones kept). The Learner, the losses and the private-update glue
+use only these, so another backbone that provides them plugs in.
+``forward_with_features`` returns logits and features from one pass because
+the ABD losses need both: recomputing features costs a second pass and, in
+train mode, a second update of the BN running statistics that dreaming later
+inverts.
 """
 
 from __future__ import annotations
@@ -84,15 +89,40 @@ class CifarResNet(nn.Module):
     def num_classes(self) -> int:
         return self.last.out_features
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features, globally average-pooled: (N, feature_dim)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.blocks(out)
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(logits, penultimate features)`` from one pass."""
-        feats = self.features(x)
-        return self.last(feats), feats
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.last(features)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, penultimate features)`` from one pass."""
+        feats = self.forward_features(x)
+        return self.forward_head(feats), feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last(self.features(x))
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Linear:
+        return self.last
+
+    def grow_head(self, capacity: int) -> None:
+        """Widen the head to ``capacity`` outputs: learned rows copied, new rows He-initialised, new biases 0.
+
+        The old rows keep their values exactly, so every class learned so far
+        scores as before until training moves it.
+        """
+        old = self.last
+        if capacity < old.out_features:
+            raise ValueError(f"grow_head({capacity}): the head already has {old.out_features} outputs")
+        new = nn.Linear(old.in_features, capacity).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.bias.zero_()
+            nn.init.kaiming_normal_(new.weight[old.out_features :])
+            new.weight[: old.out_features] = old.weight
+            new.bias[: old.out_features] = old.bias
+        self.last = new

@@ -159,7 +159,7 @@ def _real_normalised(learner: "Learner", data: LabeledImages) -> torch.Tensor:
 @torch.no_grad()
 def _features(learner: "Learner", x: torch.Tensor, batch: int = 512) -> torch.Tensor:
     model = learner.model.eval()
-    return torch.cat([model.features(x[s : s + batch].contiguous(memory_format=learner._memory_format)).float()
+    return torch.cat([model.forward_features(x[s : s + batch].contiguous(memory_format=learner._memory_format)).float()
                       for s in range(0, len(x), batch)])
 
 
@@ -271,58 +271,3 @@ def persistence_scan(roots: Iterable[str | Path], images: torch.Tensor | Sequenc
                 if any(n in blob for n in needles):
                     hits.append(str(p))
     return hits
-
-
-# ------------------------------------------------------------ front end
-def _load_target(path: Path, base: str | Path | None) -> tuple["Learner", "Learner | None", list[Path]]:
-    """A learner directory, or a bundle (its current version; the parent version, if kept, is the base)."""
-    from ..bundle_format import LEARNER_DIR
-    from ..bundle_store import BundleStore
-    from ..learner import Learner
-
-    store = BundleStore(path)
-    if store.exists():
-        version, manifest = store.read()
-        target = Learner.load(store.version_dir(version) / LEARNER_DIR, device="cpu")
-        parent = manifest.get("parent_version")
-        if base is None and parent and parent in store.versions():
-            base = store.version_dir(parent) / LEARNER_DIR
-        roots = [path]
-    else:
-        target = Learner.load(path, device="cpu")
-        roots = [path]
-    return target, (Learner.load(base, device="cpu") if base is not None else None), roots
-
-
-def audit_path(
-    target: str | Path, members: Any, non_members: Any, *, base: str | Path | None = None, shadows: int = 4,
-    n_dreams: int = 256, out_dir: str | Path = "runs/audit", seed: int = 0,
-) -> dict[str, Any]:
-    """Every audit of the latest update of a saved learner or bundle; writes audit.json and the closest-pairs PNG.
-
-    ``members`` are the update's local images, ``non_members`` held-out
-    images of the same classes (anything ``Learner.learn_new_classes``
-    accepts). The calibrated attack needs the model before the update:
-    ``base``, or the parent version kept in the bundle.
-    """
-    import json
-
-    from ..config import PrivacyConfig
-    from ..data.adapters import as_labeled_images
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    learner, base_learner, roots = _load_target(Path(target), base)
-    mem, non = as_labeled_images(members), as_labeled_images(non_members)
-    entry = learner.privacy_ledger[-1] if learner.history else {}
-    privacy = PrivacyConfig.from_dict(entry["config"]) if entry.get("config") else None
-    doc: dict[str, Any] = {"target": str(target), "update": entry, "base": str(base) if base else None}
-    doc["membership"] = membership_audit(learner, mem, non, base=base_learner, shadows=shadows if base_learner else 0,
-                                         privacy=privacy, seed=seed)
-    if base_learner is None:
-        doc["membership"]["note"] = "no base model (the model before the update): calibrated attack skipped; pass --base"
-    if learner.generator is not None:
-        doc["dream_memorisation"] = dream_memorisation(learner, mem, non, n_dreams=n_dreams, seed=seed, png=out / "closest_dreams.png")
-    doc["persistence_scan"] = {"roots": [str(r) for r in roots], "files_with_member_bytes": persistence_scan(roots, mem.images)}
-    (out / "audit.json").write_text(json.dumps(doc, indent=2, default=str))
-    return doc

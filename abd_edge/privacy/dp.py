@@ -125,7 +125,7 @@ class FrozenBNSetup(TrainingSetup):
                  rows: tuple[int, int] | None = None) -> None:
         self.plan = plan
         self._flags = [(p, p.requires_grad) for p in model.parameters()]
-        self._head = model.last  # type: ignore[union-attr]
+        self._head = model.get_classifier()  # type: ignore[operator]
         self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         if plan.config.trainable == "new_head":
             # Only this update's classes' head rows move: every other row is restored after each step.
@@ -139,7 +139,7 @@ class FrozenBNSetup(TrainingSetup):
             for p in bn.parameters():
                 p.requires_grad_(False)
         if plan.config.trainable in ("head", "new_head"):
-            head = {id(p) for p in model.last.parameters()}  # type: ignore[union-attr]
+            head = {id(p) for p in self._head.parameters()}
             for p in model.parameters():
                 if id(p) not in head:
                     p.requires_grad_(False)

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__
-from .errors import AbdEdgeError, ConfigError
+from abd_edge import __version__
+from abd_edge.errors import AbdEdgeError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,11 @@ def _print_json(doc: Any) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .extras import import_or_explain, require
+    from abd_edge.extras import import_or_explain, require
 
     needs = (["sklearn"] if args.dataset == "digits" else []) + ([] if args.no_plot else ["matplotlib"])
     require(*needs, feature="abd-edge bench")  # before minutes of training, not after
-    bench = import_or_explain("abd_edge.bench", feature="abd-edge bench")
+    bench = import_or_explain("abd_edge.apps.bench", feature="abd-edge bench")
     BenchSpec, plot_curves, run_benchmark = bench.BenchSpec, bench.plot_curves, bench.run_benchmark
 
     spec = BenchSpec(
@@ -116,10 +116,10 @@ def _bench_report(args: argparse.Namespace) -> int:
             raise ConfigError(f"{p} is not valid JSON ({e}); expected a file written by abd-edge bench --out") from None
         if not isinstance(doc, dict) or not {"methods", "tasks", "class_order", "benchmark"} <= set(doc):
             raise ConfigError(f"{p} is not a benchmark result (no methods/tasks/class_order/benchmark); expected abd-edge bench output")
-    from .extras import import_or_explain, require
+    from abd_edge.extras import import_or_explain, require
 
     require("matplotlib", feature="abd-edge bench-report (its PNG)")
-    bench = import_or_explain("abd_edge.bench", feature="abd-edge bench-report")
+    bench = import_or_explain("abd_edge.apps.bench", feature="abd-edge bench-report")
     merge_results, plot_curves = bench.merge_results, bench.plot_curves
     out = Path(args.out)
     doc = merge_results(paths, out)
@@ -132,7 +132,7 @@ def _bench_report(args: argparse.Namespace) -> int:
 def _learn(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .extras import import_or_explain
+    from abd_edge.extras import import_or_explain
 
     config_mod = import_or_explain("abd_edge.config", feature="abd-edge learn")
     Learner = import_or_explain("abd_edge.learner", feature="abd-edge learn").Learner
@@ -181,12 +181,12 @@ def _learn(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .extras import import_or_explain
+    from abd_edge.extras import import_or_explain
 
     export_bundle = import_or_explain("abd_edge.export", feature="abd-edge export").export_bundle
     Learner = import_or_explain("abd_edge.learner", feature="abd-edge export").Learner
     if args.sign_key:
-        from .signing import load_private_key
+        from abd_edge.signing import load_private_key
 
         load_private_key(args.sign_key)  # a bad key fails before minutes of export
     learner = Learner.load(args.learner, device="cpu")
@@ -201,9 +201,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .extras import import_or_explain
+    from abd_edge.extras import import_or_explain
 
-    sim = import_or_explain("abd_edge.simulate", feature="abd-edge simulate")
+    sim = import_or_explain("abd_edge.apps.simulate", feature="abd-edge simulate")
     budget = sim.default_budget(args.dataset)
     for field in ("epochs", "dream_iterations", "batch_size", "threads", "time_budget_s"):
         value = getattr(args, field)
@@ -219,11 +219,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .environment import environment
+    from abd_edge.environment import environment
 
     info: dict[str, Any] = {"environment": environment()}
     if args.path:
-        from .describe import describe
+        from abd_edge.describe import describe
 
         info.update(describe(args.path))
     _print_json(info)
@@ -242,7 +242,7 @@ def _add_privacy_args(p: argparse.ArgumentParser) -> None:
 def _privacy_from_args(args: argparse.Namespace):  # -> PrivacyConfig | None
     if getattr(args, "epsilon", None) is None:
         return None
-    from .config import PrivacyConfig
+    from abd_edge.config import PrivacyConfig
 
     extra: dict[str, object] = {"max_grad_norm": args.max_grad_norm} if args.max_grad_norm is not None else {}
     if args.epsilon == float("inf"):
@@ -253,9 +253,10 @@ def _privacy_from_args(args: argparse.Namespace):  # -> PrivacyConfig | None
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .privacy.audit import audit_path
+    from abd_edge.extras import import_or_explain
 
-    doc = audit_path(args.target, args.members, args.non_members, base=args.base, shadows=args.shadows,
+    audit = import_or_explain("abd_edge.apps.audit", feature="abd-edge audit")
+    doc = audit.audit_path(args.target, args.members, args.non_members, base=args.base, shadows=args.shadows,
                      n_dreams=args.dreams, out_dir=args.out, seed=args.seed)
     print(json.dumps({k: v for k, v in doc.items() if k != "update"}, indent=2, default=str))
     print(f"\nwrote {Path(args.out) / 'audit.json'}")
@@ -275,7 +276,7 @@ def _add_audit_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from .signing import generate_key
+    from abd_edge.signing import generate_key
 
     _print_json(generate_key(args.key, overwrite=args.force))
     return 0

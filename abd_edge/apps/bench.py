@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import METHODS, LearnerConfig
-from .data import LabeledImages, class_order, load_cifar10_jpeg, load_cifar_python, load_digits, load_image_folder, split_tasks
-from .errors import ConfigError, DatasetError
-from .metrics import AccuracyMatrix
+from abd_edge.config import METHODS, LearnerConfig
+from abd_edge.data import LabeledImages, class_order, load_cifar10_jpeg, load_cifar_python, load_digits, load_image_folder, split_tasks
+from abd_edge.errors import ConfigError, DatasetError
+from abd_edge.metrics import AccuracyMatrix
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +33,14 @@ UPPER_BOUND = "upper_bound"
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
+# BenchSpec fields that are ints with a least value (None: the dataset's default), as the CLI enforces them
+_AT_LEAST = {"tasks": 1, "epochs": 1, "dream_iters": 0, "batch_size": 2, "replay_pool": 0, "threads": 1, "max_tasks": 1}
+
+
 @dataclass
 class BenchSpec:
+    """One benchmark run; checked when built, so the API refuses what ``abd-edge bench`` refuses."""
+
     dataset: str = "digits"
     data_root: str | None = None
     tasks: int = 5
@@ -52,6 +57,18 @@ class BenchSpec:
     save_learner: str | None = None
     overrides: dict[str, str] = dataclasses.field(default_factory=dict)  # dotted config settings (--set)
     max_tasks: int | None = None  # stop after this many tasks of the split (a quick partial run)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for name, lo in _AT_LEAST.items():
+            v = getattr(self, name)
+            if v is None and name != "tasks":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                default = "" if name == "tasks" else " or None (the dataset's default)"
+                raise ConfigError(f"BenchSpec.{name}={v!r}: expected an int >= {lo}{default}")
 
 
 def _find(root: str | None, what: str) -> Path:
@@ -96,7 +113,7 @@ def learner_config(spec: BenchSpec, method: str) -> LearnerConfig:
         defaults = dict(epochs=5, dream_iterations=500)
     if recipe == "short":
         cfg = LearnerConfig.short_budget(
-            epochs=spec.epochs or defaults.get("epochs", 5),
+            epochs=spec.epochs if spec.epochs is not None else defaults.get("epochs", 5),
             dream_iterations=spec.dream_iters if spec.dream_iters is not None else defaults.get("dream_iterations", 500),
         )
     else:
@@ -138,7 +155,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict[str, Any]:
     """Run one method (or the joint upper bound) over the task stream; return its results."""
-    from .learner import Learner
+    from abd_edge.learner import Learner
 
     train, test = load_benchmark_data(spec.dataset, spec.data_root)
     labels = train.unique_labels()
@@ -209,7 +226,7 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
 
 def environment() -> dict[str, Any]:
     """Versions, CPU, torch threads and GPU for a result file (see abd_edge.environment)."""
-    from .environment import environment as describe_environment
+    from abd_edge.environment import environment as describe_environment
 
     return describe_environment(with_torch=True)
 
@@ -275,7 +292,7 @@ def run_benchmark(spec: BenchSpec, out: Path, show_progress: bool = True) -> dic
                 sub_out = Path(tmp) / f"{m}.json"
                 save = str(Path(spec.save_learner) / m) if spec.save_learner else None
                 sub_spec = dataclasses.replace(spec, method=m, save_learner=save)
-                cmd = [sys.executable, "-m", "abd_edge.cli", "bench", *spec_args(sub_spec), "--out", str(sub_out), "--no-plot"]
+                cmd = [sys.executable, "-m", "abd_edge", "bench", *spec_args(sub_spec), "--out", str(sub_out), "--no-plot"]
                 log.info("running %s", " ".join(cmd))
                 subprocess.run(cmd, check=True)
                 results[m] = json.loads(sub_out.read_text())["methods"][m]

@@ -14,6 +14,12 @@ the test images of every class seen so far. Side by side:
 With ``budget.privacy`` (``abd-edge simulate --epsilon E``) the ``abd``
 device's updates are differentially private (and the engine's, if
 compared); ``finetune`` stays the non-private reference row.
+
+Every device update goes through the runtime and so through
+``abd_edge.export.local_update.update_bundle``, quality gate included
+(``QualityGate()`` defaults, as on a real device). An update the gate refuses
+is not committed: the device keeps serving its previous version, and the
+step's row says so (``rejected``: device -> the gate's reasons).
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from abd_edge.data import LabeledImages, class_order, split_tasks
+from abd_edge.errors import ConfigError, UpdateRejectedError
+
 from .bench import BenchSpec, environment, learner_config, load_benchmark_data
-from .data import LabeledImages, class_order, split_tasks
-from .errors import ConfigError
-from .resources import PeakRSS
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,7 @@ def _accuracy(predicted_labels: list[Any], truth: list[Any]) -> float:
 
 
 def default_budget(dataset: str) -> "Any":
-    from .runtime import DeviceBudget
+    from abd_edge.runtime import DeviceBudget
 
     if dataset == "digits":
         # a few hundred 8x8 images per step: more epochs at a small batch give enough SGD steps
@@ -76,10 +82,17 @@ def run_simulation(
     server_dream_iters: int | None = None,
     show_progress: bool = False,
     max_steps: int | None = None,
+    gate: Any = None,
 ) -> dict[str, Any]:
-    from . import runtime
-    from .export import export_bundle
-    from .learner import Learner
+    """Run the simulation, print its table, write simulation.json and simulation.png under ``out_dir``.
+
+    ``gate``: the QualityGate every device update must pass (default: ``QualityGate()``, a device's default).
+    """
+    from abd_edge import runtime
+    from abd_edge.export import export_bundle
+    from abd_edge.export.local_update import budget_overrides
+    from abd_edge.export.quality import QualityGate
+    from abd_edge.learner import Learner
 
     if max_steps is not None and max_steps < 0:
         raise ConfigError(f"max_steps must be >= 0, got {max_steps}")
@@ -107,23 +120,15 @@ def run_simulation(
     first = export_bundle(server, out / "bundle-abd")
     for name in DEVICES[1:]:
         shutil.copytree(out / "bundle-abd", out / f"bundle-{name}")
-    from .export.quality import QualityGate
-
-    # The simulation measures what each update does, good or bad, so its devices commit without the quality gate.
-    ungated = QualityGate(enabled=False)
     devices = {
-        name: runtime.open(out / f"bundle-{name}", quality=ungated,
+        name: runtime.open(out / f"bundle-{name}", quality=gate,
                            budget=dataclasses.replace(budget, privacy=None if name == "finetune" else budget.privacy))
         for name in DEVICES
     }
     engine = None
     if compare_engine:
         engine = Learner.load(devices["abd"].version_dir / "learner", device="cpu")
-        engine.reconfigure(
-            later_tasks=dataclasses.replace(engine.config.later_tasks, epochs=budget.epochs,
-                                            batch_size=budget.batch_size or engine.config.later_tasks.batch_size),
-            dream=dataclasses.replace(engine.config.dream, iterations=budget.dream_iterations),
-        )
+        engine.reconfigure(**budget_overrides(engine.config, budget))
 
     rows: list[dict[str, Any]] = []
 
@@ -147,6 +152,7 @@ def run_simulation(
         row["stopped_early"] = upd.stopped_early if upd else False
         row["version"] = devices["abd"].version
         row["epsilon"] = upd.privacy.get("epsilon") if upd and upd.privacy else None
+        row["rejected"] = updates.get("rejected", {})
         return row
 
     seen = list(steps[0])
@@ -157,9 +163,13 @@ def run_simulation(
         local = train.select_labels(classes)
         local_data = (_nhwc(local.images), list(local.labels))  # what the device holds: in-memory arrays only
         step_names = {lab: names[lab] for lab in classes}
-        updates: dict[str, Any] = {}
-        updates["abd"] = devices["abd"].learn_new_classes(local_data, step_names, show_progress=show_progress)
-        updates["finetune"] = devices["finetune"].learn_new_classes(local_data, step_names, method="finetune", show_progress=show_progress)
+        updates: dict[str, Any] = {"rejected": {}}
+        for name, method in (("abd", None), ("finetune", "finetune")):
+            try:
+                updates[name] = devices[name].learn_new_classes(local_data, step_names, method=method, show_progress=show_progress)
+            except UpdateRejectedError as e:  # not committed: the device keeps serving its previous version
+                updates["rejected"][name] = e.reasons
+                log.warning("step %d: the %s device's update was rejected: %s", step, name, "; ".join(e.reasons))
         if engine is not None:
             t = time.perf_counter()
             engine.learn_new_classes(local_data, step_names, show_progress=show_progress, privacy=budget.privacy)
@@ -174,6 +184,7 @@ def run_simulation(
                        "budget": {**dataclasses.asdict(dataclasses.replace(budget, privacy=None)),
                                   "privacy": budget.privacy.to_dict() if budget.privacy is not None else None},
                        "compare_engine": compare_engine,
+                       "quality_gate": (gate or QualityGate()).to_dict(),
                        "server_seconds": server_seconds, "server_config": cfg.to_dict()},
         "environment": environment(),
         "rows": rows,
@@ -195,10 +206,11 @@ def format_row(row: dict[str, Any], header: bool = False) -> str:
 
     line = (f"{row['step']:>4} {row['classes_seen']:>7} {pct(row['acc_abd']):>8} {pct(row['acc_static']):>8} "
             f"{pct(row['acc_finetune']):>9} {pct(row.get('acc_engine')):>8} {num(row['update_seconds']):>10} "
-            f"{num(row['bundle_mb'], '.2f'):>10} {num(row['peak_rss_mb'], '.0f'):>8}")
+            f"{num(row['bundle_mb'], '.2f'):>10} {num(row['peak_rss_mb'], '.0f'):>8} "
+            f"{','.join(sorted(row.get('rejected') or {})) or '-':>9}")
     if header:
         head = (f"{'step':>4} {'classes':>7} {'abd %':>8} {'static %':>8} {'finetune %':>9} {'engine %':>8} "
-                f"{'update s':>10} {'bundle MB':>10} {'peak MB':>8}")
+                f"{'update s':>10} {'bundle MB':>10} {'peak MB':>8} {'rejected':>9}")
         return head + "\n" + "-" * len(head) + "\n" + line
     return line
 

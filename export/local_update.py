@@ -1,0 +1,144 @@
+"""One local update of a bundle: load its learner, learn on a budget, check, export, commit.
+
+The device runtime (``DeviceLearner.learn_new_classes``) and the device
+simulation (``abd-edge simulate``) both update bundles through
+:func:`update_bundle`, so a budget means the same settings everywhere and
+every update passes the same quality gate before it is committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Hashable, Mapping, Protocol, Sequence
+
+import torch
+
+from abd_edge.bundle_format import GENERATOR_ONNX, LEARNER_DIR, fault_point
+from abd_edge.bundle_store import BundleStore
+from abd_edge.config import LearnerConfig
+from abd_edge.data.adapters import as_labeled_images
+from abd_edge.errors import BundleError
+from abd_edge.learner import Learner
+from abd_edge.reports import LearnReport
+
+from .bundle import export_bundle
+from .quality import QualityGate, check_update, dream_old_classes
+
+__all__ = ["UpdateBudget", "LocalUpdate", "budget_overrides", "update_bundle"]
+
+
+class UpdateBudget(Protocol):
+    """What one update may spend (``abd_edge.runtime.DeviceBudget`` is one; this layer cannot import it)."""
+
+    epochs: int
+    dream_iterations: int
+    batch_size: int | None
+    threads: int | None
+    time_budget_s: float | None
+    privacy: Any  # a PrivacyConfig or None
+
+    def validate(self) -> None: ...
+
+
+def budget_overrides(config: LearnerConfig, budget: UpdateBudget) -> dict[str, Any]:
+    """The ``Learner.reconfigure`` settings a budget stands for: later-task epochs and batch, dreaming iterations.
+
+    The one place a budget becomes a learner configuration (the device
+    update and the simulation's engine comparison both use it).
+    """
+    later = dataclasses.replace(config.later_tasks, epochs=budget.epochs,
+                                batch_size=budget.batch_size or config.later_tasks.batch_size)
+    return {"later_tasks": later, "dream": dataclasses.replace(config.dream, iterations=budget.dream_iterations)}
+
+
+@dataclass
+class LocalUpdate:
+    """What :func:`update_bundle` committed."""
+
+    parent_version: str  # the version the update started from
+    learn: LearnReport
+    quality: dict[str, Any]  # the quality gate's measurements
+    export: dict[str, Any]  # export_bundle's result: version, bytes, files, manifest, ...
+    seconds_export: float
+
+    @property
+    def version(self) -> str:
+        return self.export["version"]
+
+
+def update_bundle(
+    store: BundleStore,
+    dataset: Any,
+    class_names: Mapping[Hashable, str] | Sequence[str] | None = None,
+    *,
+    budget: UpdateBudget,
+    method: str | None = None,
+    quantize: str | None = None,
+    gate: QualityGate | None = None,
+    sign_key: Any = None,
+    show_progress: bool = False,
+) -> LocalUpdate:
+    """Learn ``dataset``'s new classes on the bundle's current version and commit the result as a new version.
+
+    Holds the store's writer lock throughout, so the version updated is the
+    current one and nobody commits in between. ``method`` overrides the
+    bundle's method (e.g. "finetune"). ``budget.privacy`` makes the update
+    differentially private. Before anything is written the updated model
+    must pass ``gate`` (default ``QualityGate()``); a refused update raises
+    UpdateRejectedError and leaves the bundle as it was. The local data is
+    converted to tensors in memory, trained on and dropped; none of it is
+    written anywhere.
+    """
+    budget.validate()
+    gate = gate or QualityGate()
+    gate.validate()
+    data = as_labeled_images(dataset)  # converted once: trained on, then a sample checks the result
+    with store.lock():
+        parent, manifest = store.read()  # the current version under the lock (another device may have moved it)
+        if manifest.get("serve_only") or not any(f.startswith(LEARNER_DIR + "/") for f in manifest["files"]):
+            raise BundleError(
+                f"bundle version {parent} is serving-only (exported with serve_only / --serve-only): it has no "
+                "learner state to update; deploy an updatable bundle to learn on the device"
+            )
+        # store.read() has just hashed every file of this immutable version, learner/ included.
+        learner = Learner.load(store.version_dir(parent) / LEARNER_DIR, device="cpu", hashes=False)
+        learner.reconfigure(**budget_overrides(learner.config, budget), **({"method": method} if method else {}))
+        threads_before = torch.get_num_threads()
+        if budget.threads is not None:
+            torch.set_num_threads(budget.threads)
+        try:
+            n_old = learner.num_classes
+            replays = learner.method.uses_replay
+            old_dreamed = dream_old_classes(learner, gate, seed=learner.tasks_learned) if replays else None
+            rep = learner.learn_new_classes(data, class_names, time_budget_s=budget.time_budget_s,
+                                            show_progress=show_progress, privacy=budget.privacy)
+            private = bool(rep.privacy and rep.privacy.get("private"))
+            quality = check_update(
+                learner, new_images=None if private else data.images,
+                train_accuracy=None if private else rep.train_accuracy, n_old=n_old,
+                old_dreamed=old_dreamed, gate=gate,
+            )
+            if not replays:
+                quality["old_class_share"] = f"not checked: method {learner.config.method!r} does not replay"
+        finally:
+            torch.set_num_threads(threads_before)
+        del data
+        fault_point("update_trained")
+        t_export = time.perf_counter()
+        summary = {
+            "update": "local",
+            "labels_added": rep.labels_added,
+            "names_added": rep.names_added,
+            "n_classes": learner.num_classes,
+            "train_accuracy": rep.train_accuracy,
+            "seconds_train": rep.train_seconds,
+            "seconds_dream": rep.dream_seconds,
+            "stopped_early": rep.stopped_early,
+            "privacy_spent": rep.privacy,
+            "quality": quality,
+        }
+        info = export_bundle(learner, store, summary=summary, quantize=quantize, sign_key=sign_key,
+                             generator_onnx=GENERATOR_ONNX in manifest["files"])  # keep the bundle's shape
+        return LocalUpdate(parent, rep, quality, info, time.perf_counter() - t_export)
