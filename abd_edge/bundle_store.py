@@ -307,7 +307,8 @@ class BundleStore:
     def switch(self, to: str | None = None, *, hashes: bool | Container[str] = True) -> tuple[str, dict[str, Any]]:
         """Make ``to`` (default: the current version's parent) current again; ``(version, manifest)``.
 
-        The target must be kept and verify completely. The version rolled back
+        The target must be kept and verify (every file present with its size, the
+        sha256 of the files ``hashes`` selects: all by default). The version rolled back
         from is kept (until pruned), so rolling forward is another rollback.
         Works even when CURRENT is garbled or names a missing version, as long
         as ``to`` is given: that is how a damaged store is repaired.

@@ -28,11 +28,11 @@ base = train.select_labels([0, 1, 2, 3, 4])
 report = learner.learn_new_classes((base.images, base.labels), class_names=["zero", "one", "two", "three", "four"])
 print(f"server: learned {report.names_added} in {report.train_seconds:.0f}s, dreamed for {report.dream_seconds:.0f}s")
 
-# 2. Export: classifier.onnx (uint8 NHWC in), generator.onnx, the learner's state, a manifest of hashes.
+# 2. Export: classifier.onnx (uint8 NHWC in), the learner's state (the generator included), a manifest of hashes.
 info = export_bundle(learner, "quickstart-bundle")
 print(f"bundle {info['version']}: {info['bytes'] / 2**20:.1f} MB, parity {info['parity']['classifier']['max_abs_diff']:.1e}")
 
-# 3. Device: open (verifies every file), predict with ONNX Runtime, learn 5-9 locally with dreamed replay.
+# 3. Device: open (verifies what it serves; the rest on first use), predict with ONNX Runtime, learn 5-9 locally with dreamed replay.
 device = runtime.open("quickstart-bundle", budget=runtime.DeviceBudget(epochs=8, dream_iterations=40))
 seen = test.select_labels([0, 1, 2, 3, 4])
 print("device accuracy on 0-4:", device.evaluate(pixels(seen.images), seen.labels))

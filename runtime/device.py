@@ -147,12 +147,11 @@ class DeviceLearner:
         raw = dict(manifest)
         vdir = self.store.version_dir(version)
         if self.trusted_keys is not None:
-            verify_version(vdir, raw, self.trusted_keys)
-        check_onnxruntime(raw.get("min_onnxruntime") if isinstance(raw.get("min_onnxruntime"), str) else None,
-                          f"bundle version {version}")
-        files = raw.get("files") if isinstance(raw.get("files"), dict) else {}
-        self._served = open_version(vdir, version, raw, int8=self.int8, threads=self.threads,
-                                    verified=files if verified is None else verified)
+            verify_version(vdir, raw, self.trusted_keys)  # signed: the manifest exactly as written
+        typed = Manifest.from_dict(raw, f"the manifest of bundle version {version} ({vdir})")
+        check_onnxruntime(typed.min_onnxruntime, f"bundle version {version}")
+        self._served = open_version(vdir, version, typed, raw, int8=self.int8, threads=self.threads,
+                                    verified=typed.files if verified is None else verified)
 
     def refresh(self) -> bool:
         """Re-open the current version if another process changed it; True if it changed."""

@@ -105,16 +105,22 @@ class Served:
 
 
 def open_version(
-    directory: Path, version: str, raw: dict[str, Any], *, int8: bool, threads: int | None, verified: Iterable[str] = ()
+    directory: Path,
+    version: str,
+    manifest: Manifest,
+    raw: dict[str, Any],
+    *,
+    int8: bool,
+    threads: int | None,
+    verified: Iterable[str] = (),
 ) -> Served:
-    """Type ``raw`` (a verified manifest), open the classifier, check that they agree; BundleError otherwise.
+    """Open ``version``'s classifier and check that its verified ``manifest`` (``raw`` as written) describes it.
 
     A class table one entry short, or an input shape that is not the
     model's, would otherwise open fine and fail in predict: checked by the
     graph's static shapes and one probe run on a blank image.
     """
     where = f"bundle version {version} ({directory})"
-    manifest = Manifest.from_dict(raw, f"the manifest of {where}")
     name = served_file(int8)
     if not manifest.has(name):
         why = manifest.int8_note or "export with quantize='int8'"
