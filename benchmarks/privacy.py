@@ -75,7 +75,8 @@ def per_class_subset(data: Any, n: int | None, seed: int) -> Any:
     return data.subset(keep)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, on_row: Any = None) -> dict[str, Any]:
+    """One seed's rows; ``on_row(partial_doc)`` after each row (so a cut-short run keeps what it measured)."""
     torch.set_num_threads(args.threads)
     train, test = load_benchmark_data(args.dataset, args.data_root)
     train, test = _uint8(per_class_subset(train, args.per_class, args.seed)), _uint8(test)
@@ -148,6 +149,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 png = Path(args.out).with_name(Path(args.out).stem + f"-{name}-closest-dreams.png")
                 row["dream_memorisation"] = dream_memorisation(learner, members, non_members, n_dreams=128, png=png)
         rows[name] = row
+        if on_row is not None:
+            on_row({"seed": args.seed, "dataset": args.dataset, "rows": dict(rows), "partial": True})
     doc = {"benchmark": "privacy-utility", "dataset": args.dataset, "tasks": args.tasks, "steps": steps, "seed": args.seed,
            "delta": args.delta, "budget": {k: v for k, v in dataclasses.asdict(budget).items() if k != "privacy"},
            "dp_overrides": dp, "server_seconds": server_seconds, "environment": environment(), "rows": rows,
@@ -329,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             per_seed.append(d)
     for seed in args.seeds:
         shadows = args.shadows if len(per_seed) < args.shadow_seeds or args.shadows < 0 else 0  # LiRA on the first seeds only
-        per_seed.append(run(argparse.Namespace(**{**vars(args), "seed": seed, "shadows": shadows})))
+        partial_out = out.with_name(out.stem + f"-seed{seed}-partial.json")
+        per_seed.append(run(argparse.Namespace(**{**vars(args), "seed": seed, "shadows": shadows}),
+                            on_row=lambda d: partial_out.write_text(json.dumps(d, indent=2, default=str))))
+        partial_out.unlink(missing_ok=True)
         done = [d["seed"] for d in per_seed]
         doc = {"benchmark": "privacy-utility", "dataset": args.dataset, "seeds": done, "delta": args.delta,
                "command": " ".join(sys.argv), "summary": aggregate(per_seed), "per_seed": per_seed}
