@@ -371,9 +371,13 @@ class PrivacyConfig:
     head rows of the update's new classes only, on the frozen features: the
     noise's norm grows with the square root of the number of trained
     parameters, and the old classes' rows stay exactly as released;
-    ``"head"`` trains the whole head, ``"all"`` every non-BatchNorm layer.
-    With ``target_epsilon=inf`` set ``lr`` to a non-private rate (clipping
-    is off there).
+    ``"head"`` trains the whole head, ``"last_block"`` the last residual
+    block and the head, ``"all"`` every non-BatchNorm layer (on digits at
+    epsilon 8 the larger sets lost to the noise: docs/PRIVACY.md).
+    ``augment_multiplicity=K`` averages K augmented views of each local image
+    into its one per-sample gradient before clipping (same guarantee, lower
+    variance, K times the forward cost). With ``target_epsilon=inf`` set
+    ``lr`` to a non-private rate (clipping is off there).
     """
 
     target_epsilon: float = 8.0
