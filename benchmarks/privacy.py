@@ -229,13 +229,12 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             agg["mia"][a]["auc_max"] = max(r["mia"][a]["auc"] for r in rows if a in r["mia"])
             agg["mia"][a]["n_seeds"] = sum(a in r["mia"] for r in rows)
         out[name] = agg
-    ref = out.get("abd")
-    if ref and ref.get("update_seconds_mean"):
-        for agg in out.values():
-            if agg.get("update_seconds_mean") is not None and agg.get("train_seconds_mean") is not None:
-                agg["seconds_vs_abd"] = agg["update_seconds_mean"] / ref["update_seconds_mean"]
-                agg["train_seconds_vs_abd"] = agg["train_seconds_mean"] / ref["train_seconds_mean"]
-                agg["peak_rss_vs_abd"] = agg["peak_rss_mb_max"] / ref["peak_rss_mb_max"]
+    for name, agg in out.items():  # ratios within each seed's process (same machine, same load), then their mean
+        for key, ratio in (("update_seconds_mean", "seconds_vs_abd"), ("train_seconds_mean", "train_seconds_vs_abd"),
+                           ("peak_rss_mb_max", "peak_rss_vs_abd")):
+            vals = [d["summary"][name][key] / d["summary"]["abd"][key] for d in per_seed
+                    if name in d["summary"] and "abd" in d["summary"] and d["summary"][name].get(key) and d["summary"]["abd"].get(key)]
+            agg[ratio] = _mean(vals)
     return out
 
 
