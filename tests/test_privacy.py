@@ -306,3 +306,22 @@ def test_last_block_update_trains_only_the_last_block_and_the_head(base_learner)
 def test_bad_multiplicity_or_momentum_is_refused(cfg, match):
     with pytest.raises(PrivacyError, match=match):
         PrivacyConfig(**cfg).validate()
+
+
+def test_default_real_batch_is_one_view_drawn_as_before():
+    """The seam's default draws exactly what the loop drew before it existed: one augmentation, same RNG use."""
+    from abd_edge.config import AugmentConfig
+    from abd_edge.data.augment import BatchAugment, to_unit_float
+    from abd_edge.engine import Normalizer, TrainingSetup
+
+    x, _ = make_task([0, 1], n_per_class=6, seed=4)
+    labels = torch.arange(12) % 2
+    idx = torch.tensor([5, 0, 7, 3])
+    aug = BatchAugment(AugmentConfig(crop_padding=1, flip=True, brightness=0.0, contrast=0.0))
+    norm = Normalizer(torch.full((1,), 0.5), torch.full((1,), 0.25))
+    setup = TrainingSetup(torch.nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), None)  # type: ignore[arg-type]
+    r1, r2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    got_x, got_y = setup.real_batch(x, labels, idx, aug, norm, r1)
+    want = norm(aug(to_unit_float(x[idx]), r2))
+    assert torch.equal(got_x, want) and torch.equal(got_y, labels[idx])
+    assert torch.equal(r1.get_state(), r2.get_state())  # the RNG advanced exactly as before: later draws unchanged
