@@ -142,6 +142,17 @@ class TrainingSetup:
         """How many dreamed images go beside a real batch of ``n_real``."""
         return n_real
 
+    def real_batch(
+        self, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, augment: BatchAugment,
+        normalize: Normalizer, rng: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented, normalised rows of one real batch and their labels: one view per image here.
+
+        A private update may return several views per image (augmentation
+        multiplicity), whose gradients it averages per image before clipping.
+        """
+        return normalize(augment(to_unit_float(images[idx]), rng)), labels[idx]
+
     def step(
         self, run: RunStep, method: Method, ctx: TaskContext, x: torch.Tensor, y: torch.Tensor, replay: "ReplayBatch | None"
     ) -> dict[str, torch.Tensor]:
@@ -228,8 +239,7 @@ def train_task(
                 lr = lr_at(step, total_steps, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = normalize(augment(to_unit_float(images[idx]), rng))
-                y = labels[idx]
+                x, y = setup.real_batch(images, labels, idx, augment, normalize, rng)
                 n_real = x.shape[0]
                 rb = replay.sample(setup.replay_size(n_real)) if replay is not None else None
                 parts = setup.step(run, method, ctx, x, y, rb)
@@ -237,7 +247,7 @@ def train_task(
                     sums[k] = sums.get(k, 0.0) + v.detach()
                 step += 1
                 steps_done += 1
-                seen += n_real
+                seen += idx.numel()
                 bar.update(1)
                 if deadline is not None and time.perf_counter() > deadline:
                     result.stopped_early = True

@@ -63,20 +63,37 @@ def parse_privacy_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def per_class_subset(data: Any, n: int | None, seed: int) -> Any:
+    """At most ``n`` images of each class, drawn at random (a smaller device or a shorter CPU run)."""
+    if n is None:
+        return data
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[Any, list[int]] = {}
+    for i, lab in enumerate(data.labels):
+        by_class.setdefault(lab, []).append(i)
+    keep = sorted(i for idx in by_class.values() for i in torch.tensor(idx)[torch.randperm(len(idx), generator=g)[:n]].tolist())
+    return data.subset(keep)
+
+
+def run(args: argparse.Namespace, on_row: Any = None) -> dict[str, Any]:
+    """One seed's rows; ``on_row(partial_doc)`` after each row (so a cut-short run keeps what it measured)."""
     torch.set_num_threads(args.threads)
     train, test = load_benchmark_data(args.dataset, args.data_root)
-    train, test = _uint8(train), _uint8(test)
+    train, test = _uint8(per_class_subset(train, args.per_class, args.seed)), _uint8(test)
     labels = train.unique_labels()
     order = [labels[i] for i in class_order(len(labels), args.seed)]
     steps = split_tasks(order, args.tasks)[: 1 + args.max_steps if args.max_steps else None]
     names = {lab: train.class_names.get(lab, str(lab)) for lab in labels}
-    spec = BenchSpec(dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, seed=args.seed)
+    spec = BenchSpec(dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, seed=args.seed,
+                     epochs=args.server_epochs, dream_iters=args.dream_iters)
     server = Learner(learner_config(spec, "abd"))
     t0 = time.perf_counter()
     server.learn_new_classes(train.select_labels(steps[0]), {lab: names[lab] for lab in steps[0]}, show_progress=False)
     server_seconds = time.perf_counter() - t0
     budget = default_budget(args.dataset)
+    if args.update_epochs is not None or args.dream_iters is not None:
+        budget = dataclasses.replace(budget, epochs=args.update_epochs or budget.epochs,
+                                     dream_iterations=budget.dream_iterations if args.dream_iters is None else args.dream_iters)
     dp = parse_privacy_sets(args.dp_set or [])
     settings: list[tuple[str, str | None, PrivacyConfig | None]] = [("never_updated", None, None), ("finetune", "finetune", None),
                                                                     ("abd", "abd", None),
@@ -132,6 +149,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 png = Path(args.out).with_name(Path(args.out).stem + f"-{name}-closest-dreams.png")
                 row["dream_memorisation"] = dream_memorisation(learner, members, non_members, n_dreams=128, png=png)
         rows[name] = row
+        if on_row is not None:
+            on_row({"seed": args.seed, "dataset": args.dataset, "rows": dict(rows), "partial": True})
     doc = {"benchmark": "privacy-utility", "dataset": args.dataset, "tasks": args.tasks, "steps": steps, "seed": args.seed,
            "delta": args.delta, "budget": {k: v for k, v in dataclasses.asdict(budget).items() if k != "privacy"},
            "dp_overrides": dp, "server_seconds": server_seconds, "environment": environment(), "rows": rows,
@@ -166,6 +185,7 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
             "gain_kept_mean": sum(kept) / len(kept),
             "mia": {a["attack"]: {"auc": a["auc"], "tpr_at_1pct_fpr": a["tpr_at_1pct_fpr"]} for a in m},
             "update_seconds_mean": _mean([s.get("seconds") for s in row["steps"][1:]]),
+            "train_seconds_mean": _mean([s.get("train_seconds") for s in row["steps"][1:]]),
             "peak_rss_mb_max": max((s.get("peak_rss_mb") or 0) for s in row["steps"][1:]),
             "peak_rss_increase_mb_max": max((s.get("peak_rss_increase_mb") or 0) for s in row["steps"][1:]),
         }
@@ -177,20 +197,70 @@ def _mean(xs: list[Any]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def _std(xs: list[float]) -> float | None:
+    """Sample standard deviation (n - 1); None for fewer than two values."""
+    if len(xs) < 2:
+        return None
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and spread over seeds of each row's summary; cost relative to the non-private ABD update.
+
+    The cost ratios (seconds per update, peak RSS increase during an update)
+    compare rows measured in the same process on the same machine.
+    """
+    out: dict[str, Any] = {}
+    names = list(dict.fromkeys(n for d in per_seed for n in d["summary"]))
+    for name in names:
+        rows = [d["summary"][name] for d in per_seed if name in d["summary"]]
+        agg: dict[str, Any] = {"n_seeds": len(rows), "seeds": [d["seed"] for d in per_seed if name in d["summary"]]}
+        for key in ("final_accuracy", "gain_kept_final", "gain_kept_mean", "update_seconds_mean", "train_seconds_mean", "peak_rss_mb_max",
+                    "peak_rss_increase_mb_max"):
+            vals = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+            agg[key] = _mean(vals)
+            agg[key + "_std"] = _std(vals)
+            agg[key + "_per_seed"] = [r.get(key) for r in rows]
+        attacks = {a for r in rows for a in r["mia"]}
+        agg["mia"] = {a: {m: _mean([r["mia"][a][m] for r in rows if a in r["mia"]]) for m in ("auc", "tpr_at_1pct_fpr")}
+                      for a in sorted(attacks)}
+        for a in agg["mia"]:
+            agg["mia"][a]["auc_max"] = max(r["mia"][a]["auc"] for r in rows if a in r["mia"])
+            agg["mia"][a]["n_seeds"] = sum(a in r["mia"] for r in rows)
+        out[name] = agg
+    for name, agg in out.items():  # ratios within each seed's process (same machine, same load), then their mean
+        for key, ratio in (("update_seconds_mean", "seconds_vs_abd"), ("train_seconds_mean", "train_seconds_vs_abd"),
+                           ("peak_rss_mb_max", "peak_rss_vs_abd")):
+            vals = [d["summary"][name][key] / d["summary"]["abd"][key] for d in per_seed
+                    if name in d["summary"] and "abd" in d["summary"] and d["summary"][name].get(key) and d["summary"]["abd"].get(key)]
+            agg[ratio] = _mean(vals)
+    return out
+
+
 def print_table(doc: dict[str, Any]) -> None:
-    head = f"{'row':>14} {'final acc %':>11} {'gain kept':>9} {'mean kept':>9} {'loss AUC':>8} {'LiRA AUC':>8} {'LiRA TPR@1%':>11} {'s/update':>8} {'peak MB':>8}"
-    print(head + "\n" + "-" * len(head))
+    """Seed means (± sample std where there are several seeds); AUCs are seed means, TPR at 1% FPR too."""
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    def pm(s: dict[str, Any], key: str, fmt: str, scale: float = 1.0) -> str:
+        m, sd = s.get(key), s.get(key + "_std")
+        if m is None:
+            return "-"
+        return f(scale * m, fmt) + ("" if sd is None else "±" + f(scale * sd, fmt))
+
+    head = (f"{'row':>18} {'final acc %':>11} {'gain kept':>10} {'mean kept':>10} {'loss AUC':>8} {'TPR@1%':>6} "
+            f"{'LiRA AUC':>8} {'TPR@1%':>6} {'s/update':>8} {'x abd':>5} {'peak MB':>7} {'+MB':>5}")
+    print(f"{doc['dataset']}, seeds {doc['seeds']}\n" + head + "\n" + "-" * len(head))
     for name, s in doc["summary"].items():
-        mia = list(s["mia"].values())
-        la = mia[0]["auc"] if mia else None
-        lira = mia[1] if len(mia) > 1 else None
-
-        def f(v: Any, fmt: str) -> str:
-            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
-
-        print(f"{name:>14} {f(100 * s['final_accuracy'], '.1f'):>11} {f(s['gain_kept_final'], '.2f'):>9} {f(s['gain_kept_mean'], '.2f'):>9} "
-              f"{f(la, '.3f'):>8} {f(lira['auc'] if lira else None, '.3f'):>8} {f(lira['tpr_at_1pct_fpr'] if lira else None, '.3f'):>11} "
-              f"{f(s['update_seconds_mean'], '.1f'):>8} {f(s['peak_rss_mb_max'], '.0f'):>8}")
+        mia = s["mia"]
+        la, lira = mia.get("loss_threshold"), next((v for k, v in mia.items() if k.startswith("lira")), None)
+        print(f"{name:>18} {pm(s, 'final_accuracy', '.1f', 100):>11} {pm(s, 'gain_kept_final', '.2f'):>10} "
+              f"{pm(s, 'gain_kept_mean', '.2f'):>10} {f(la and la['auc'], '.3f'):>8} {f(la and la['tpr_at_1pct_fpr'], '.3f'):>6} "
+              f"{f(lira and lira['auc'], '.3f'):>8} {f(lira and lira['tpr_at_1pct_fpr'], '.3f'):>6} "
+              f"{f(s.get('update_seconds_mean'), '.1f'):>8} {f(s.get('seconds_vs_abd'), '.2f'):>5} "
+              f"{f(s.get('peak_rss_mb_max'), '.0f'):>7} {f(s.get('peak_rss_increase_mb_max'), '.0f'):>5}")
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -200,7 +270,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, row in doc["rows"].items():
+    for name, row in doc["per_seed"][0]["rows"].items():
         xs = [s["classes_seen"] for s in row["steps"]]
         ys = [100 * s["accuracy"] for s in row["steps"]]
         a1.plot(xs, ys, marker="o", label=name, ls="--" if "eps" not in name else "-")
@@ -210,17 +280,18 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     a1.grid(alpha=0.3)
     a1.legend(fontsize=7)
     s = doc["summary"]
-    names = [n for n in s if s[n]["mia"]]  # the last attack listed: the calibrated one when shadows ran
-    aucs = [list(s[n]["mia"].values())[-1]["auc"] for n in names]
+    names = [n for n in s if "loss_threshold" in s[n]["mia"]]  # the attack every seed ran
+    aucs = [s[n]["mia"]["loss_threshold"]["auc"] for n in names]
     accs = [100 * s[n]["final_accuracy"] for n in names]
     a2.scatter(aucs, accs)
     for n, x, y in zip(names, aucs, accs):
         a2.annotate(n, (x, y), fontsize=7)
     a2.axvline(0.5, color="gray", lw=0.8)
-    a2.set_xlabel("membership-inference AUC on the last update (LiRA-style, 4 shadows)")
-    a2.set_ylabel("final accuracy (%)")
+    a2.set_xlabel("membership AUC, last update (loss attack, seed mean)")
+    a2.set_ylabel("final accuracy (%, seed mean)")
     a2.grid(alpha=0.3)
-    fig.suptitle(f"privacy vs utility, {doc['dataset']} device updates (delta {doc['delta']:g})", fontsize=9)
+    fig.suptitle(f"privacy vs utility, {doc['dataset']} device updates (delta {doc['delta']:g}); "
+                 f"left: seed {doc['seeds'][0]}, right: mean of seeds {doc['seeds']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -232,21 +303,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root")
     p.add_argument("--tasks", type=int, default=5)
     p.add_argument("--max-steps", type=int, help="stop after this many device updates")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="*", default=[0], help="class orders / learner seeds; the table shows mean ± std")
     p.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 3.0, 8.0])
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--shadows", type=int, default=4, help="shadow updates for the LiRA-style attack (0: loss attack only, -1: no audit)")
+    p.add_argument("--shadow-seeds", type=int, default=99, help="run the shadow (LiRA) attack on the first this many seeds only, "
+                   "the loss attack on the others (shadows are updates: the audit's main cost)")
     p.add_argument("--dp-set", action="append", metavar="FIELD=VALUE", help="PrivacyConfig field override (e.g. epochs=30)")
     p.add_argument("--only", nargs="*", help="run only these rows")
     p.add_argument("--frozen-lr", type=float, default=0.02, help="lr of the abd_bn_frozen row (all layers, no clipping)")
     p.add_argument("--frozen-head-lr", type=float, default=0.1, help="lr of the abd_bn_frozen_head row (no clipping)")
+    p.add_argument("--per-class", type=int, help="use at most this many training images per class (server and devices)")
+    p.add_argument("--server-epochs", type=int, help="epochs of the server's first task (default: the dataset's)")
+    p.add_argument("--update-epochs", type=int, help="epochs of a non-private device update (default: the device budget's)")
+    p.add_argument("--dream-iters", type=int, help="dreaming iterations, server and devices (default: the dataset's)")
+    p.add_argument("--include", nargs="*", help="results files of the same settings whose seeds are added to the summary")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/privacy-digits.json")
     args = p.parse_args(argv)
-    doc = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, default=str))
+    per_seed: list[dict[str, Any]] = []
+    for path in args.include or []:  # seeds run in other processes (or an earlier run of the same settings)
+        earlier = json.loads(Path(path).read_text())
+        for d in earlier.get("per_seed", [earlier]):
+            d["summary"] = summarize(d)  # with this version's fields
+            per_seed.append(d)
+    for seed in args.seeds:
+        shadows = args.shadows if len(per_seed) < args.shadow_seeds or args.shadows < 0 else 0  # LiRA on the first seeds only
+        partial_out = out.with_name(out.stem + f"-seed{seed}-partial.json")
+        per_seed.append(run(argparse.Namespace(**{**vars(args), "seed": seed, "shadows": shadows}),
+                            on_row=lambda d: partial_out.write_text(json.dumps(d, indent=2, default=str))))
+        partial_out.unlink(missing_ok=True)
+        done = [d["seed"] for d in per_seed]
+        doc = {"benchmark": "privacy-utility", "dataset": args.dataset, "seeds": done, "delta": args.delta,
+               "command": " ".join(sys.argv), "summary": aggregate(per_seed), "per_seed": per_seed}
+        out.write_text(json.dumps(doc, indent=2, default=str))  # after every seed: a cut-short run keeps its seeds
+        print(f"seed {seed} done", flush=True)
+    if not args.seeds:
+        doc = {"benchmark": "privacy-utility", "dataset": args.dataset, "seeds": [d["seed"] for d in per_seed],
+               "delta": args.delta, "command": " ".join(sys.argv), "summary": aggregate(per_seed), "per_seed": per_seed}
+        out.write_text(json.dumps(doc, indent=2, default=str))
     plot(doc, out.with_suffix(".png"))
     print_table(doc)
     print(f"\nwrote {out} and {out.with_suffix('.png')}")

@@ -246,3 +246,82 @@ def test_privacy_config_is_a_top_level_name():
     from abd_edge.config import PrivacyConfig
 
     assert abd_edge.PrivacyConfig is PrivacyConfig and "PrivacyConfig" in abd_edge.__all__
+
+
+def test_augment_multiplicity_clips_one_averaged_gradient_per_image(base_learner, monkeypatch):
+    """K views of each drawn image; their per-row gradients are averaged per image before Opacus clips and noises."""
+    learner = copy.deepcopy(base_learner)
+    k = 3
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    checked: list[int] = []
+    real_make = dp.make_setup
+
+    def spy(*args, **kwargs):
+        setup = real_make(*args, **kwargs)
+        real_batch, average = setup.real_batch, setup._average_views
+
+        def recorded_batch(images, labels, idx, *a):
+            x, y = real_batch(images, labels, idx, *a)
+            batches.append((idx.clone(), y.clone()))
+            assert torch.equal(y, labels[idx].repeat_interleave(k)) and x.shape[0] == k * idx.numel()
+            return x, y
+
+        def checked_average():
+            views = [p.grad_sample.clone() for p in setup.params]
+            average()
+            for v, p in zip(views, setup.params):
+                assert p.grad_sample.shape[0] * k == v.shape[0]
+                for i in range(p.grad_sample.shape[0]):  # image i's rows are k*i .. k*i+k-1
+                    assert torch.allclose(p.grad_sample[i], v[k * i : k * i + k].mean(0), atol=1e-6)
+            checked.append(setup.params[0].grad_sample.shape[0])
+
+        setup.real_batch = recorded_batch  # type: ignore[method-assign]
+        setup._average_views = checked_average  # type: ignore[method-assign]
+        return setup
+
+    monkeypatch.setattr(dp, "make_setup", spy)
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
+                                    privacy=PrivacyConfig(**FAST, augment_multiplicity=k))
+    assert checked == [idx.numel() for idx, _ in batches if idx.numel() > 0] and len(checked) > 0
+    assert rep.privacy["config"]["augment_multiplicity"] == k
+
+
+def test_last_block_update_trains_only_the_last_block_and_the_head(base_learner):
+    learner = copy.deepcopy(base_learner)
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
+                              privacy=PrivacyConfig(**FAST, trainable="last_block"))
+    after = learner.model.state_dict()
+    last = f"blocks.{len(learner.model.blocks) - 1}."
+    changed = {k for k in before if before[k].shape == after[k].shape and not torch.equal(before[k], after[k])}
+    assert {f"{last}conv1.weight", f"{last}conv2.weight"} <= changed
+    assert all(k.startswith((last + "conv", "last.")) for k in changed), changed  # BatchNorm included: untouched
+    assert "last.weight" in changed  # the grown head's compared rows
+
+
+@pytest.mark.parametrize("cfg, match", [
+    (dict(augment_multiplicity=0), "augment_multiplicity"),
+    (dict(momentum=1.0), "momentum"),
+])
+def test_bad_multiplicity_or_momentum_is_refused(cfg, match):
+    with pytest.raises(PrivacyError, match=match):
+        PrivacyConfig(**cfg).validate()
+
+
+def test_default_real_batch_is_one_view_drawn_as_before():
+    """The seam's default draws exactly what the loop drew before it existed: one augmentation, same RNG use."""
+    from abd_edge.config import AugmentConfig
+    from abd_edge.data.augment import BatchAugment, to_unit_float
+    from abd_edge.engine import Normalizer, TrainingSetup
+
+    x, _ = make_task([0, 1], n_per_class=6, seed=4)
+    labels = torch.arange(12) % 2
+    idx = torch.tensor([5, 0, 7, 3])
+    aug = BatchAugment(AugmentConfig(crop_padding=1, flip=True, brightness=0.0, contrast=0.0))
+    norm = Normalizer(torch.full((1,), 0.5), torch.full((1,), 0.25))
+    setup = TrainingSetup(torch.nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), None)  # type: ignore[arg-type]
+    r1, r2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    got_x, got_y = setup.real_batch(x, labels, idx, aug, norm, r1)
+    want = norm(aug(to_unit_float(x[idx]), r2))
+    assert torch.equal(got_x, want) and torch.equal(got_y, labels[idx])
+    assert torch.equal(r1.get_state(), r2.get_state())  # the RNG advanced exactly as before: later draws unchanged

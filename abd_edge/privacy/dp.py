@@ -58,7 +58,8 @@ class PrivatePlan:
     def train_config(self, base: TrainConfig) -> TrainConfig:
         cfg = self.config
         return dataclasses.replace(base, epochs=self.epochs, batch_size=max(2, self.batch_size),
-                                   lr=cfg.lr if cfg.lr is not None else base.lr)
+                                   lr=cfg.lr if cfg.lr is not None else base.lr,
+                                   momentum=cfg.momentum if cfg.momentum is not None else base.momentum)
 
 
 def plan_update(privacy: PrivacyConfig, n_images: int, base: TrainConfig, *, first_task: bool) -> PrivatePlan:
@@ -110,6 +111,16 @@ def plan_update(privacy: PrivacyConfig, n_images: int, base: TrainConfig, *, fir
     return PrivatePlan(privacy, n, batch, epochs, sample_rate, expected, steps, sigma)
 
 
+def trainable_modules(model: nn.Module, trainable: str) -> nn.Module:
+    """The modules whose (non-BatchNorm) parameters a ``trainable`` setting other than "all" trains."""
+    head = model.get_classifier()  # type: ignore[operator]
+    if trainable in ("head", "new_head"):
+        return head
+    if trainable == "last_block":
+        return nn.ModuleList([model.blocks[-1], head])  # type: ignore[union-attr,index]
+    raise PrivacyError(f"unknown trainable set {trainable!r}")
+
+
 def _batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -138,10 +149,10 @@ class FrozenBNSetup(TrainingSetup):
         for bn in _batchnorms(model):
             for p in bn.parameters():
                 p.requires_grad_(False)
-        if plan.config.trainable in ("head", "new_head"):
-            head = {id(p) for p in self._head.parameters()}
+        if plan.config.trainable != "all":
+            kept = {id(p) for p in trainable_modules(model, plan.config.trainable).parameters()}
             for p in model.parameters():
-                if id(p) not in head:
+                if id(p) not in kept:
                     p.requires_grad_(False)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -152,6 +163,12 @@ class FrozenBNSetup(TrainingSetup):
         model.train()
         for bn in _batchnorms(model):
             bn.eval()  # normalise with the stored statistics and never update them
+
+    def real_batch(self, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, augment: Any,
+                   normalize: Any, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``augment_multiplicity`` views of each drawn image, an image's views on adjacent rows."""
+        k = self.plan.config.augment_multiplicity
+        return super().real_batch(images, labels, idx.repeat_interleave(k) if k > 1 else idx, augment, normalize, rng)
 
     def step(self, run: RunStep, method: Method, ctx: TaskContext, x: torch.Tensor, y: torch.Tensor, replay: Any) -> dict[str, torch.Tensor]:
         self.steps_taken += 1
@@ -251,6 +268,7 @@ class DPSetup(FrozenBNSetup):
             if not torch.isfinite(loss_private):
                 raise FloatingPointError("private update diverged (non-finite loss on the local batch)")
             loss_private.backward()
+            self._average_views()
         else:  # an empty Poisson draw: the step is noise alone, as the accountant assumes
             for p in self.params:
                 p.grad_sample = torch.zeros((1, *p.shape), device=p.device, dtype=p.dtype)  # type: ignore[attr-defined]
@@ -263,6 +281,21 @@ class DPSetup(FrozenBNSetup):
             self.restore_frozen_rows()
         self.steps_taken += 1
         return reported
+
+    def _average_views(self) -> None:
+        """One per-sample gradient per image: the mean over its augmented views, before clipping.
+
+        The loss is the mean over the B*K rows, and Opacus's "mean" reduction
+        scales each row's captured gradient back to that row's own loss, so
+        averaging an image's K rows gives the gradient of its mean loss over
+        its views. Clipping that mean bounds the image's whole contribution.
+        """
+        k = self.plan.config.augment_multiplicity
+        if k == 1:
+            return
+        for p in self.params:
+            gs = p.grad_sample  # type: ignore[attr-defined]
+            p.grad_sample = gs.reshape(gs.shape[0] // k, k, *gs.shape[1:]).mean(dim=1)  # type: ignore[attr-defined]
 
     def _public_gradient(self, loss: torch.Tensor) -> tuple[torch.Tensor | None, ...] | None:
         """Gradient of the dreamed-batch loss (run with hooks off), norm capped at C if ``clip_public``.
