@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from .config import DreamConfig
 from .models.generator import Generator
@@ -91,10 +92,11 @@ class BNStatsHooks:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
-        x = inputs[0].float()
-        dims = (0, 2, 3)
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-        self.losses.append(bn_kl(mean, var, module.running_mean, module.running_var))  # type: ignore[arg-type]
+        with record_function("abd.bn_hooks"):
+            x = inputs[0].float()
+            dims = (0, 2, 3)
+            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+            self.losses.append(bn_kl(mean, var, module.running_mean, module.running_var))  # type: ignore[arg-type]
 
     def __enter__(self) -> "BNStatsHooks":
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
@@ -193,12 +195,17 @@ def train_generator(
             for it in bar:
                 z = generator.sample_latent(cfg.batch_size, rng)
                 with _autocast(autocast):
-                    x = generator(z)
-                    logits = classifier(x.contiguous(memory_format=memory_format))[:, :n_classes]
-                losses = inversion_losses(x, logits, hooks.pop_loss(), cfg, kernel)
+                    with record_function("abd.dream_generator"):
+                        x = generator(z)
+                    with record_function("abd.dream_classifier"):
+                        logits = classifier(x.contiguous(memory_format=memory_format))[:, :n_classes]
+                with record_function("abd.dream_losses"):
+                    losses = inversion_losses(x, logits, hooks.pop_loss(), cfg, kernel)
                 optimizer.zero_grad(set_to_none=True)
-                losses.total.backward()
-                optimizer.step()
+                with record_function("abd.dream_backward"):
+                    losses.total.backward()
+                with record_function("abd.dream_optimizer"):
+                    optimizer.step()
                 done = it + 1
                 if it == 0 or it == iterations - 1 or it % 50 == 0:
                     last = losses.as_floats()

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from .config import TrainConfig
 from .data.augment import BatchAugment, to_unit_float
@@ -147,10 +148,13 @@ class TrainingSetup:
     ) -> dict[str, torch.Tensor]:
         """One update from one real batch (and its dreamed batch); returns the loss terms to report."""
         out = run(x, y, replay)
-        loss, parts = method.loss(ctx, out)
+        with record_function("abd.loss"):
+            loss, parts = method.loss(ctx, out)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with record_function("abd.backward"):
+            loss.backward()
+        with record_function("abd.optimizer"):
+            self.optimizer.step()
         return {"loss": loss, **parts}
 
     def close(self) -> None:
@@ -200,11 +204,11 @@ def train_task(
             x = torch.cat([x, rb.images])
             y = torch.cat([y, rb.labels])
         x = x.contiguous(memory_format=memory_format)
-        with _autocast(autocast):
+        with record_function("abd.forward"), _autocast(autocast):
             logits, feats = model.forward_features(x)
         if method.uses_old_model and old_model is not None:
             if n_real > 0:
-                with torch.no_grad(), _autocast(autocast):
+                with record_function("abd.teacher_forward"), torch.no_grad(), _autocast(autocast):
                     ol, of = old_model.forward_features(x[:n_real])
                 old_logits, old_feats = ol[:, : ctx.n_old].float(), of.float()
                 if rb is not None:
@@ -228,10 +232,14 @@ def train_task(
                 lr = lr_at(step, total_steps, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = normalize(augment(to_unit_float(images[idx]), rng))
+                with record_function("abd.augment"):
+                    x = normalize(augment(to_unit_float(images[idx]), rng))
                 y = labels[idx]
                 n_real = x.shape[0]
-                rb = replay.sample(setup.replay_size(n_real)) if replay is not None else None
+                rb = None
+                if replay is not None:
+                    with record_function("abd.replay_sample"):
+                        rb = replay.sample(setup.replay_size(n_real))
                 parts = setup.step(run, method, ctx, x, y, rb)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.detach()
