@@ -15,6 +15,7 @@ from typing import Any, Hashable, Mapping, Sequence
 import torch
 
 from .auto_config import resolved_settings, settle_for_call, settle_for_data
+from .collective import Collective, synced_batchnorm
 from .config import LearnerConfig, PrivacyConfig
 from .data.adapters import as_labeled_images, images_to_tensor, with_batch_axis
 from .data.augment import BatchAugment, to_unit_float
@@ -206,6 +207,8 @@ class Learner:
         self.method = build_method(cfg.method, cfg.losses)
         self._autocast = resolve_autocast(cfg.precision, self.device)
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        # More than one torch.distributed process: data-parallel training and dreaming (abd_edge/parallel.py).
+        self._collective = Collective.from_environment()
         self._state = _State(ClassRegistry())
         self.history: list[LearnReport] = []
 
@@ -297,9 +300,14 @@ class Learner:
             )
         return [str(n) for n in names]
 
+    def _task_seed(self, task_index: int, salt: int = 0) -> int:
+        return (self.config.seed * 1_000_003 + task_index * 7919 + salt) % (2**63)
+
     def _seeded_generator(self, task_index: int, salt: int = 0) -> torch.Generator:
+        """A call's random stream; each data-parallel rank gets its own (rank 0's is the one-process stream)."""
+        rank = self._collective.rank if self._collective is not None else 0
         g = torch.Generator(device=self.device)
-        g.manual_seed((self.config.seed * 1_000_003 + task_index * 7919 + salt) % (2**63))
+        g.manual_seed(self._task_seed(task_index, salt + 104_729 * rank))
         return g
 
     def _new_models(self, channels: int, size: int, capacity: int) -> tuple[CifarResNet, Generator | None]:
@@ -368,6 +376,13 @@ class Learner:
         n_old, n_seen = len(st.registry), len(registry)
         first = st.model is None
         plan = None
+        collective = self._collective
+        if collective is not None and budget is not None:
+            raise ConfigError(f"time_budget_s ({budget}) would stop the {collective.world} data-parallel processes "
+                              "at different steps; leave it None when training in several processes")
+        if privacy is not None and collective is not None:
+            raise ConfigError("a differentially private update runs in one process; this learner runs in "
+                              f"{collective.world} torch.distributed processes")
         if privacy is not None:
             from .privacy.dp import plan_update
 
@@ -421,6 +436,11 @@ class Learner:
                 seed = privacy.noise_seed if privacy is not None and privacy.noise_seed is not None else int(
                     torch.randint(0, 2**62, (1,), generator=self._seeded_generator(task_index, salt=3), device=self.device))
                 setup = make_setup(plan, model, tcfg, self.device, seed, rows=(n_old, n_seen))
+            elif collective is not None:
+                from .parallel import DistributedSetup
+
+                setup = DistributedSetup.sharded(model, images.shape[0], tcfg, self.device, collective,
+                                                 seed=self._task_seed(task_index))
             if not first and self.method.uses_replay and gen is not None and old_frozen is not None:
                 replay = ReplaySampler(
                     gen, old_frozen, n_old, rng,
@@ -430,7 +450,9 @@ class Learner:
             log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
             private = plan is not None and plan.config.private
             # Opacus clips per sample and rebuilds .grad from them; a global clip hook would act on the wrong thing.
-            with GlobalNormClip(model.parameters(), None if private else tcfg.grad_clip_norm):
+            # Data-parallel: the setup clips after averaging the ranks' gradients.
+            clip = None if private or collective is not None else tcfg.grad_clip_norm
+            with GlobalNormClip(model.parameters(), clip), synced_batchnorm(model, collective):
                 result: TrainResult = train_task(
                     model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
                     replay=replay, memory_format=self._memory_format, autocast=self._autocast,
@@ -456,7 +478,7 @@ class Learner:
                 dream_report = train_generator(
                     gen, model, n_seen, cfg.dream, gen_opt, self._seeded_generator(task_index, salt=1),
                     memory_format=self._memory_format, autocast=self._autocast,
-                    show_progress=show_progress, deadline=deadline,
+                    show_progress=show_progress, deadline=deadline, collective=collective,
                 )
                 diversity = measure_diversity(
                     gen, model, n_seen, self._seeded_generator(task_index, salt=3),
@@ -487,7 +509,7 @@ class Learner:
             data_settings=resolved_settings(cfg, per_call),
             learned_new_classes=None if train_acc is None else train_acc >= cfg.new_class_accuracy_floor,
             dream_diversity=diversity.to_dict() if diversity is not None else None,
-            privacy=self._ledger_entry(task_index, n_old, n_seen, new_labels, len(data), setup, first),
+            privacy=self._ledger_entry(task_index, n_old, n_seen, new_labels, len(data), setup if plan is not None else None, first),
         )
         _warn_about(report, cfg.new_class_accuracy_floor)
         # Commit: swap in the new state as a whole.
