@@ -86,16 +86,24 @@ class Collective:
 
 
 # ------------------------------------------------------------ statistics
-def batch_mean_var(x: torch.Tensor, collective: Collective | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of an (N, C, H, W) batch, over all ranks' shards when distributed."""
+def batch_mean_var(
+    x: torch.Tensor, collective: Collective | None, shift: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of an (N, C, H, W) batch, over all ranks' shards when distributed.
+
+    ``shift``: a per-channel value equal on every rank near the mean (a BN
+    layer's running mean), subtracted before squaring so that
+    E[x^2] - E[x]^2 does not cancel catastrophically; without one the ranks'
+    mean is all-reduced first (one more collective).
+    """
     x = x.float()
     if collective is None:
         var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
         return mean, var
+    if shift is None:
+        shift = collective.sum(x.mean(dim=(0, 2, 3)).detach()) / collective.world
+    shift = shift.detach().float()
     count = x.new_full((1,), float(x.shape[0] * x.shape[2] * x.shape[3]))
-    # Shift by the local mean (no gradient: the shift cancels) so E[x^2] - E[x]^2 does not cancel catastrophically.
-    shift = x.mean(dim=(0, 2, 3)).detach()
-    shift = collective.sum(shift) / collective.world
     xc = x - shift.view(1, -1, 1, 1)
     sums = collective.sum(torch.cat([xc.sum(dim=(0, 2, 3)), (xc * xc).sum(dim=(0, 2, 3)), count]))
     c = x.shape[1]
@@ -118,7 +126,7 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        mean, var = batch_mean_var(x, self._collective)
+        mean, var = batch_mean_var(x, self._collective, self.running_mean)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 assert self.num_batches_tracked is not None

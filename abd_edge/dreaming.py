@@ -105,7 +105,7 @@ class BNStatsHooks:
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
         with record_function("abd.bn_hooks"):
             if self.collective is not None:
-                mean, var = batch_mean_var(inputs[0], self.collective)
+                mean, var = batch_mean_var(inputs[0], self.collective, module.running_mean)  # type: ignore[arg-type]
             else:
                 x = inputs[0].float()
                 dims = (0, 2, 3)
