@@ -205,7 +205,7 @@ class Learner:
         if self.device.type == "cuda":
             make_cuda_repeatable()
         self.method = build_method(cfg.method, cfg.losses)
-        self._autocast = resolve_autocast(cfg.precision, self.device)
+        self._set_precision(cfg.precision)
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         # More than one torch.distributed process: data-parallel training and dreaming (abd_edge/parallel.py).
         self._collective = Collective.from_environment()
@@ -228,8 +228,13 @@ class Learner:
             )
         self.config = cfg
         self.method = method
-        self._autocast = resolve_autocast(cfg.precision, self.device)
+        self._set_precision(cfg.precision)
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def _set_precision(self, precision: str) -> None:
+        """Training/dreaming autocast, and the predictions' (fp32 unless bf16 was asked for by name)."""
+        self._autocast = resolve_autocast(precision, self.device)
+        self._predict_autocast = self._autocast if precision == "bf16" else None
 
     # ------------------------------------------------------------ properties
     @property
@@ -566,7 +571,7 @@ class Learner:
             idx = torch.randperm(images.shape[0], generator=rng, device=rng.device)[:cap].to(images.device)
             images, labels = images[idx], labels[idx]
         logits = predict_logits(model, images, normalizer, n_seen, self.device,
-                                memory_format=self._memory_format, autocast=self._autocast)
+                                memory_format=self._memory_format, autocast=self._predict_autocast)
         return float((logits.argmax(1) == labels.cpu()).float().mean())
 
     # ------------------------------------------------------------ inference
@@ -586,7 +591,7 @@ class Learner:
         """Logits over the seen classes (float32, CPU)."""
         x = self._as_images(images)
         return predict_logits(self.model, x, self.normalizer, self.num_classes, self.device,
-                              memory_format=self._memory_format, autocast=self._autocast)
+                              memory_format=self._memory_format, autocast=self._predict_autocast)
 
     def predict_proba(self, images: Any) -> torch.Tensor:
         return torch.softmax(self.logits(images), dim=1)
