@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+from .compiled import maybe_compiled
 from .config import TrainConfig
 from .data.augment import BatchAugment, to_unit_float
 from .dreaming import AutocastSpec, ReplayBatch, ReplaySampler, _autocast
@@ -178,12 +179,15 @@ def train_task(
     show_progress: bool = True,
     deadline: float | None = None,
     setup: TrainingSetup | None = None,
+    compile_backend: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on one task's data (already on the training device).
 
     ``setup`` supplies the optimizer, the local-data batches and the step
     (default: :meth:`TrainingSetup.plain`); the differentially private
-    update of :mod:`abd_edge.privacy` passes its own.
+    update of :mod:`abd_edge.privacy` passes its own. ``compile_backend``
+    runs the current classifier's forward pass through ``torch.compile``
+    (abd_edge/compiled.py; eager again if compiling fails).
     """
     n = images.shape[0]
     if setup is None:
@@ -195,6 +199,7 @@ def train_task(
     if old_model is not None:
         old_model.eval()
     setup.train_mode(model)
+    forward = maybe_compiled(model.forward_features, compile_backend)
 
     def run(x: torch.Tensor, y: torch.Tensor, rb: ReplayBatch | None) -> StepOutputs:
         """Forward ``[x; dreamed]`` through the current (and, if needed, the previous) classifier."""
@@ -205,7 +210,7 @@ def train_task(
             y = torch.cat([y, rb.labels])
         x = x.contiguous(memory_format=memory_format)
         with record_function("abd.forward"), _autocast(autocast):
-            logits, feats = model.forward_features(x)
+            logits, feats = forward(x)
         if method.uses_old_model and old_model is not None:
             if n_real > 0:
                 with record_function("abd.teacher_forward"), torch.no_grad(), _autocast(autocast):

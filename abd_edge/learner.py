@@ -236,6 +236,16 @@ class Learner:
         self._autocast = resolve_autocast(precision, self.device)
         self._predict_autocast = self._autocast if precision == "bf16" else None
 
+    def _compile_backend(self, setup: Any) -> str | None:
+        """torch.compile backend for this call's training forward, or None for eager.
+
+        auto: CUDA only. Never for a private or data-parallel update (Opacus's
+        per-sample hooks and the synced BatchNorm's collectives would only break the graph).
+        """
+        cfg = self.config
+        wanted = self.device.type == "cuda" if cfg.compile == "auto" else bool(cfg.compile)
+        return cfg.compile_backend if wanted and setup is None else None
+
     # ------------------------------------------------------------ properties
     @property
     def registry(self) -> ClassRegistry:
@@ -462,6 +472,7 @@ class Learner:
                     model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
                     replay=replay, memory_format=self._memory_format, autocast=self._autocast,
                     show_progress=show_progress, deadline=deadline, setup=setup,
+                    compile_backend=self._compile_backend(setup),
                 )
             del replay
             align = None
