@@ -130,7 +130,8 @@ def plain_loop(data: LabeledImages, seconds: float, workers: int) -> dict[str, A
 def engine_config(variant: dict[str, Any], threads: int, dream_iterations: int = 0) -> LearnerConfig:
     cfg = LearnerConfig.short_budget(epochs=1, dream_iterations=dream_iterations, device="cpu", seed=0,
                                      max_classes=10, num_threads=threads, train_eval_max_images=256,
-                                     precision=variant["precision"], channels_last=variant["channels_last"])
+                                     precision=variant["precision"], channels_last=variant["channels_last"],
+                                     compile=variant.get("compile", False))
     for t in (cfg.first_task, cfg.later_tasks):
         t.batch_size = BATCH
     cfg.dream.batch_size = BATCH
@@ -225,6 +226,8 @@ VARIANTS = {
     "fp32": {"precision": "fp32", "channels_last": True},
     "fp32_contiguous": {"precision": "fp32", "channels_last": False},
     "bf16": {"precision": "bf16", "channels_last": True},
+    # torch.compile (inductor) of the training forward; a warm-up call compiles first (not timed)
+    "bf16_compile": {"precision": "bf16", "channels_last": True, "compile": True},
 }
 
 
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop (default 2)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each task-1 measurement")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of plain and engine measurements")
-    p.add_argument("--variants", default="fp32,bf16,fp32_contiguous", help=f"engine variants, of {sorted(VARIANTS)}")
+    p.add_argument("--variants", default="fp32,bf16,fp32_contiguous,bf16_compile", help=f"engine variants, of {sorted(VARIANTS)}")
     p.add_argument("--dream-iters", type=int, default=10, help="dreaming iterations timed per precision")
     p.add_argument("--replay-seconds", type=float, default=15.0, help="length of the replay-training measurement")
     p.add_argument("--out", type=Path, help="JSON (default benchmarks/results/profile-<cpu>.json)")
@@ -258,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r}; expected one of {sorted(VARIANTS)}")
     task1, task2 = cifar10_tasks(args.data, args.images) if args.data else synthetic_tasks(args.synthetic)
+    warmup: dict[str, float] = {}
+    for name in variants:
+        if VARIANTS[name].get("compile"):
+            start = time.perf_counter()
+            engine_task1(task1, VARIANTS[name], min(args.seconds, 10.0), args.threads)
+            warmup[name] = time.perf_counter() - start
+            print(f"warm-up (compilation) of {name}: {warmup[name]:.0f} s", flush=True)
 
     # 1. task-1 images/s, plain loop and engine variants in alternation
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], **{v: [] for v in variants}}
@@ -295,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"model": "resnet32", "batch_size": BATCH, "task": "cifar10-5x2 task 1 (seed 0 class order)"
                   if args.data else f"synthetic {args.synthetic}", "threads": args.threads,
                   "plain_loader_workers": args.workers, "seconds_per_measurement": args.seconds,
-                  "rounds": args.rounds, "images_per_task": len(task1)},
+                  "rounds": args.rounds, "images_per_task": len(task1), "compile_warmup_seconds": warmup},
         "task1": task1_table,
         "replay_and_dreaming": replay,
     }
