@@ -14,7 +14,8 @@
 # 2. calibration: 2 tasks of the protocol at CAL_EPOCHS epochs and CAL_DREAM dreaming iterations give
 #    task-1 and replay images/s and dreaming s/iteration (compilation included: a conservative estimate);
 # 3. the run: epochs E and dreaming iterations 40*E (the paper's ratio, 10,000 / 250) chosen so that all
-#    5 tasks fit in BUDGET seconds, E at most MAX_EPOCHS (250); milestones scale with E.
+#    5 tasks fit in BUDGET seconds, E at most MAX_EPOCHS (250); milestones scale with E. A budget below
+#    one such epoch gets one epoch and fewer dreaming iterations.
 #
 # Tested on CPU with a tiny budget: DATASET=digits DEVICE=cpu BUDGET=40 CAL_EPOCHS=1 CAL_DREAM=4 \
 #   SMOKE_LIMIT=900 CAL_LIMIT=900 THREADS=1 bash benchmarks/gpu_paper_protocol.sh
@@ -72,9 +73,11 @@ budget, max_epochs = float(sys.argv[2]), int(sys.argv[3])
 n = r["reports"][0]["n_images"]
 t1, rep, spi = r["task1_images_per_second"], r["replay_images_per_second"], r["dream_seconds_per_iteration"]
 # seconds per epoch of each task and per dreaming iteration; 4 later tasks, dreaming after tasks 1-4
-per_epoch = n / t1 + 4 * n / rep + 4 * 40 * spi
-epochs = max(1, min(max_epochs, int(0.9 * budget / per_epoch)))
-print(epochs, 40 * epochs, f"{t1:.0f}", f"{rep:.0f}", f"{spi:.4f}")
+train_epoch = n / t1 + 4 * n / rep
+epochs = max(1, min(max_epochs, int(0.9 * budget / (train_epoch + 4 * 40 * spi))))
+# below one epoch at the paper's ratio: one epoch and whatever dreaming the rest of the budget allows
+dream = 40 * epochs if epochs > 1 else max(1, min(40, int((0.9 * budget - train_epoch) / (4 * spi))))
+print(epochs, dream, f"{t1:.0f}", f"{rep:.0f}", f"{spi:.4f}")
 EOF
 )
 read -r EPOCHS DREAM T1 REP SPI <<< "$plan"
