@@ -75,3 +75,23 @@ def config_threads(method: Callable[..., Any]) -> Callable[..., Any]:
             torch.set_num_threads(before)
 
     return wrapper
+
+
+def compile_backend(cfg: Any, device: torch.device, setup: Any) -> str | None:
+    """torch.compile backend for a call's training forward, or None for eager.
+
+    auto: CUDA only. Never for a private or data-parallel update (Opacus's
+    per-sample hooks and the synced BatchNorm's collectives would only break the graph).
+    """
+    wanted = device.type == "cuda" if cfg.compile == "auto" else bool(cfg.compile)
+    return cfg.compile_backend if wanted and setup is None else None
+
+
+def autocasts(precision: str, device: torch.device) -> tuple[AutocastSpec | None, AutocastSpec | None]:
+    """Training/dreaming autocast, and the predictions' (fp32 unless bf16 was asked for by name).
+
+    Predictions stay fp32 under "auto" so that the Learner agrees with the
+    exported fp32 ONNX classifier a device serves.
+    """
+    train = resolve_autocast(precision, device)
+    return train, (train if precision == "bf16" else None)

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
+from .collective import Collective, batch_mean_var, synced_batchnorm
 from .config import DreamConfig
 from .models.generator import Generator
 from .progress import progress
@@ -33,12 +35,20 @@ def content_loss(logits: torch.Tensor, temperature: float = 1000.0) -> torch.Ten
     return F.cross_entropy(logits / temperature, logits.argmax(dim=1))
 
 
-def class_balance_loss(logits: torch.Tensor) -> torch.Tensor:
-    """1 - H(mean softmax) / log K: zero when the batch covers the K classes evenly."""
+def class_balance_loss(logits: torch.Tensor, collective: Collective | None = None) -> torch.Tensor:
+    """1 - H(mean softmax) / log K: zero when the batch covers the K classes evenly.
+
+    With a ``collective`` (data-parallel dreaming) the mean runs over every rank's shard of the batch.
+    """
     k = logits.shape[1]
     if k < 2:
         return logits.new_zeros(())
-    p = F.softmax(logits.float(), dim=1).mean(dim=0)
+    if collective is not None:
+        probs = F.softmax(logits.float(), dim=1)
+        sums = collective.sum(torch.cat([probs.sum(dim=0), probs.new_full((1,), float(probs.shape[0]))]))
+        p = sums[:k] / sums[k]
+    else:
+        p = F.softmax(logits.float(), dim=1).mean(dim=0)
     return 1.0 + (p * torch.log(p.clamp_min(1e-12))).sum() / math.log(k)
 
 
@@ -82,19 +92,25 @@ class BNStatsHooks:
     records their KL divergence from the layer's running statistics, so one
     forward pass of synthetic images yields the BN-statistics loss of every
     layer. Use as a context manager so that hooks never leak into a model
-    that is exported or trained afterwards.
+    that is exported or trained afterwards. With a ``collective`` the
+    statistics are those of the batch over all ranks.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, collective: Collective | None = None) -> None:
+        self.collective = collective
         self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         self.losses: list[torch.Tensor] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
-        x = inputs[0].float()
-        dims = (0, 2, 3)
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-        self.losses.append(bn_kl(mean, var, module.running_mean, module.running_var))  # type: ignore[arg-type]
+        with record_function("abd.bn_hooks"):
+            if self.collective is not None:
+                mean, var = batch_mean_var(inputs[0], self.collective, module.running_mean)  # type: ignore[arg-type]
+            else:
+                x = inputs[0].float()
+                dims = (0, 2, 3)
+                var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+            self.losses.append(bn_kl(mean, var, module.running_mean, module.running_var))  # type: ignore[arg-type]
 
     def __enter__(self) -> "BNStatsHooks":
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
@@ -128,11 +144,12 @@ class DreamLosses:
 
 
 def inversion_losses(
-    x: torch.Tensor, logits: torch.Tensor, bn: torch.Tensor, cfg: DreamConfig, kernel: torch.Tensor
+    x: torch.Tensor, logits: torch.Tensor, bn: torch.Tensor, cfg: DreamConfig, kernel: torch.Tensor,
+    collective: Collective | None = None,
 ) -> DreamLosses:
-    """The four weighted dreaming terms for one synthetic batch."""
+    """The four weighted dreaming terms for one synthetic batch (this rank's shard of it, with a ``collective``)."""
     content = content_loss(logits.float(), cfg.content_temperature)
-    balance = class_balance_loss(logits)
+    balance = class_balance_loss(logits, collective)
     smooth = smoothness_loss(x.float(), kernel)
     total = (
         cfg.content_weight * content
@@ -168,12 +185,16 @@ def train_generator(
     show_progress: bool = True,
     iterations: int | None = None,
     deadline: float | None = None,
+    collective: Collective | None = None,
 ) -> DreamReport:
     """Train ``generator`` for ``cfg.iterations`` against the frozen ``classifier``.
 
     The classifier is put in eval mode and its parameters are not given
     gradients (only the image gradient flows through it), which roughly
     halves the cost of its backward pass. Its original modes are restored.
+    With a ``collective`` (abd_edge/parallel.py) each rank dreams an equal
+    share of the batch, the batch-level terms (BN statistics, class balance)
+    see the whole batch, and the generator's gradients are summed over ranks.
     """
     iterations = cfg.iterations if iterations is None else iterations
     kernel = gaussian_kernel(cfg.blur_size, cfg.blur_sigma)
@@ -187,18 +208,28 @@ def train_generator(
     last: dict[str, float] = {}
     start = time.perf_counter()
     done = 0
+    batch = cfg.batch_size if collective is None else max(2, cfg.batch_size // collective.world)
     try:
-        with BNStatsHooks(classifier) as hooks:
+        with BNStatsHooks(classifier, collective) as hooks, synced_batchnorm(generator, collective):
             bar = progress(range(iterations), desc="dreaming", enabled=show_progress)
             for it in bar:
-                z = generator.sample_latent(cfg.batch_size, rng)
+                z = generator.sample_latent(batch, rng)
                 with _autocast(autocast):
-                    x = generator(z)
-                    logits = classifier(x.contiguous(memory_format=memory_format))[:, :n_classes]
-                losses = inversion_losses(x, logits, hooks.pop_loss(), cfg, kernel)
+                    with record_function("abd.dream_generator"):
+                        x = generator(z)
+                    with record_function("abd.dream_classifier"):
+                        logits = classifier(x.contiguous(memory_format=memory_format))[:, :n_classes]
+                with record_function("abd.dream_losses"):
+                    losses = inversion_losses(x, logits, hooks.pop_loss(), cfg, kernel, collective)
                 optimizer.zero_grad(set_to_none=True)
-                losses.total.backward()
-                optimizer.step()
+                with record_function("abd.dream_backward"):
+                    if collective is None:
+                        losses.total.backward()
+                    else:  # equal shards: this rank's share of the global loss, gradients summed over ranks
+                        (losses.total / collective.world).backward()
+                        collective.sum_gradients(generator.parameters())
+                with record_function("abd.dream_optimizer"):
+                    optimizer.step()
                 done = it + 1
                 if it == 0 or it == iterations - 1 or it % 50 == 0:
                     last = losses.as_floats()

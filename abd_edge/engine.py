@@ -16,7 +16,9 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
+from .compiled import maybe_compiled
 from .config import TrainConfig
 from .data.augment import BatchAugment, to_unit_float
 from .dreaming import AutocastSpec, ReplayBatch, ReplaySampler, _autocast
@@ -158,10 +160,13 @@ class TrainingSetup:
     ) -> dict[str, torch.Tensor]:
         """One update from one real batch (and its dreamed batch); returns the loss terms to report."""
         out = run(x, y, replay)
-        loss, parts = method.loss(ctx, out)
+        with record_function("abd.loss"):
+            loss, parts = method.loss(ctx, out)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with record_function("abd.backward"):
+            loss.backward()
+        with record_function("abd.optimizer"):
+            self.optimizer.step()
         return {"loss": loss, **parts}
 
     def close(self) -> None:
@@ -185,12 +190,15 @@ def train_task(
     show_progress: bool = True,
     deadline: float | None = None,
     setup: TrainingSetup | None = None,
+    compile_backend: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on one task's data (already on the training device).
 
     ``setup`` supplies the optimizer, the local-data batches and the step
     (default: :meth:`TrainingSetup.plain`); the differentially private
-    update of :mod:`abd_edge.privacy` passes its own.
+    update of :mod:`abd_edge.privacy` passes its own. ``compile_backend``
+    runs the current classifier's forward pass through ``torch.compile``
+    (abd_edge/compiled.py; eager again if compiling fails).
     """
     n = images.shape[0]
     if setup is None:
@@ -202,6 +210,7 @@ def train_task(
     if old_model is not None:
         old_model.eval()
     setup.train_mode(model)
+    forward = maybe_compiled(model.forward_with_features, compile_backend)
 
     def run(x: torch.Tensor, y: torch.Tensor, rb: ReplayBatch | None) -> StepOutputs:
         """Forward ``[x; dreamed]`` through the current (and, if needed, the previous) classifier."""
@@ -211,11 +220,11 @@ def train_task(
             x = torch.cat([x, rb.images])
             y = torch.cat([y, rb.labels])
         x = x.contiguous(memory_format=memory_format)
-        with _autocast(autocast):
-            logits, feats = model.forward_with_features(x)
+        with record_function("abd.forward"), _autocast(autocast):
+            logits, feats = forward(x)
         if method.uses_old_model and old_model is not None:
             if n_real > 0:
-                with torch.no_grad(), _autocast(autocast):
+                with record_function("abd.teacher_forward"), torch.no_grad(), _autocast(autocast):
                     ol, of = old_model.forward_with_features(x[:n_real])
                 old_logits, old_feats = ol[:, : ctx.n_old].float(), of.float()
                 if rb is not None:
@@ -239,9 +248,13 @@ def train_task(
                 lr = lr_at(step, total_steps, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x, y = setup.real_batch(images, labels, idx, augment, normalize, rng)
+                with record_function("abd.augment"):
+                    x, y = setup.real_batch(images, labels, idx, augment, normalize, rng)
                 n_real = x.shape[0]
-                rb = replay.sample(setup.replay_size(n_real)) if replay is not None else None
+                rb = None
+                if replay is not None:
+                    with record_function("abd.replay_sample"):
+                        rb = replay.sample(setup.replay_size(n_real))
                 parts = setup.step(run, method, ctx, x, y, rb)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.detach()

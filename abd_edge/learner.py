@@ -13,7 +13,8 @@ import torch
 
 from .auto_config import resolved_settings, settle_for_call, settle_for_data
 from .checkpoint import read_learner, save_learner
-from .compute import config_threads, make_cuda_repeatable, resolve_autocast, resolve_device
+from .collective import Collective, synced_batchnorm
+from .compute import autocasts, compile_backend, config_threads, make_cuda_repeatable, resolve_device
 from .config import LearnerConfig, PrivacyConfig
 from .data.adapters import as_labeled_images
 from .data.arrays import images_to_tensor, with_batch_axis
@@ -59,8 +60,10 @@ class Learner:
         if self.device.type == "cuda":
             make_cuda_repeatable()
         self.method = build_method(cfg.method, cfg.losses)
-        self._autocast = resolve_autocast(cfg.precision, self.device)
+        self._autocast, self._predict_autocast = autocasts(cfg.precision, self.device)
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        # More than one torch.distributed process: data-parallel training and dreaming (abd_edge/parallel.py).
+        self._collective = Collective.from_environment()
         self._state = LearnerState(ClassRegistry())
         self.history: list[LearnReport] = []
 
@@ -80,7 +83,7 @@ class Learner:
             )
         self.config = cfg
         self.method = method
-        self._autocast = resolve_autocast(cfg.precision, self.device)
+        self._autocast, self._predict_autocast = autocasts(cfg.precision, self.device)
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     # ------------------------------------------------------------ properties
@@ -131,9 +134,14 @@ class Learner:
                 f"images have shape (C, H, W) = {tuple(images.shape[1:])}; this learner expects {shape}"
             )
 
+    def _task_seed(self, task_index: int, salt: int = 0) -> int:
+        return (self.config.seed * 1_000_003 + task_index * 7919 + salt) % (2**63)
+
     def _seeded_generator(self, task_index: int, salt: int = 0) -> torch.Generator:
+        """A call's random stream; each data-parallel rank gets its own (rank 0's is the one-process stream)."""
+        rank = self._collective.rank if self._collective is not None else 0
         g = torch.Generator(device=self.device)
-        g.manual_seed((self.config.seed * 1_000_003 + task_index * 7919 + salt) % (2**63))
+        g.manual_seed(self._task_seed(task_index, salt + 104_729 * rank))
         return g
 
     # ----------------------------------------------------------- the API
@@ -178,6 +186,9 @@ class Learner:
         n_old, n_seen = len(st.registry), len(registry)
         first = st.model is None
         plan = None
+        collective = self._collective
+        if collective is not None:
+            collective.refuse_single_process_options(budget, privacy is not None)
         if privacy is not None:
             from .privacy.dp import plan_update
 
@@ -232,6 +243,11 @@ class Learner:
                 seed = privacy.noise_seed if privacy is not None and privacy.noise_seed is not None else int(
                     torch.randint(0, 2**62, (1,), generator=self._seeded_generator(task_index, salt=3), device=self.device))
                 setup = make_setup(plan, model, tcfg, self.device, seed, rows=(n_old, n_seen))
+            elif collective is not None:
+                from .parallel import DistributedSetup
+
+                setup = DistributedSetup.sharded(model, images.shape[0], tcfg, self.device, collective,
+                                                 seed=self._task_seed(task_index))
             if not first and self.method.uses_replay and gen is not None and old_frozen is not None:
                 replay = ReplaySampler(
                     gen, old_frozen, n_old, rng,
@@ -241,11 +257,14 @@ class Learner:
             log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
             private = plan is not None and plan.config.private
             # Opacus clips per sample and rebuilds .grad from them; a global clip hook would act on the wrong thing.
-            with GlobalNormClip(model.parameters(), None if private else tcfg.grad_clip_norm):
+            # Data-parallel: the setup clips after averaging the ranks' gradients.
+            clip = None if private or collective is not None else tcfg.grad_clip_norm
+            with GlobalNormClip(model.parameters(), clip), synced_batchnorm(model, collective):
                 result: TrainResult = train_task(
                     model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
                     replay=replay, memory_format=self._memory_format, autocast=self._autocast,
                     show_progress=show_progress, deadline=deadline, setup=setup,
+                    compile_backend=compile_backend(cfg, self.device, setup),
                 )
             del replay
             align = None
@@ -267,7 +286,7 @@ class Learner:
                 dream_report = train_generator(
                     gen, model, n_seen, cfg.dream, gen_opt, self._seeded_generator(task_index, salt=1),
                     memory_format=self._memory_format, autocast=self._autocast,
-                    show_progress=show_progress, deadline=deadline,
+                    show_progress=show_progress, deadline=deadline, collective=collective,
                 )
                 diversity = measure_diversity(
                     gen, model, n_seen, self._seeded_generator(task_index, salt=3),
@@ -298,7 +317,7 @@ class Learner:
             data_settings=resolved_settings(cfg, per_call),
             learned_new_classes=None if train_acc is None else train_acc >= cfg.new_class_accuracy_floor,
             dream_diversity=diversity.to_dict() if diversity is not None else None,
-            privacy=self._ledger_entry(task_index, n_old, n_seen, new_labels, len(data), setup, first),
+            privacy=self._ledger_entry(task_index, n_old, n_seen, new_labels, len(data), setup if plan is not None else None, first),
         )
         warn_about(report, cfg.new_class_accuracy_floor)
         # Commit: swap in the new state as a whole.
@@ -355,7 +374,7 @@ class Learner:
             idx = torch.randperm(images.shape[0], generator=rng, device=rng.device)[:cap].to(images.device)
             images, labels = images[idx], labels[idx]
         logits = predict_logits(model, images, normalizer, n_seen, self.device,
-                                memory_format=self._memory_format, autocast=self._autocast)
+                                memory_format=self._memory_format, autocast=self._predict_autocast)
         return float((logits.argmax(1) == labels.cpu()).float().mean())
 
     # ------------------------------------------------------------ inference
@@ -375,7 +394,7 @@ class Learner:
         """Logits over the seen classes (float32, CPU)."""
         x = self._as_images(images)
         return predict_logits(self.model, x, self.normalizer, self.num_classes, self.device,
-                              memory_format=self._memory_format, autocast=self._autocast)
+                              memory_format=self._memory_format, autocast=self._predict_autocast)
 
     def predict_proba(self, images: Any) -> torch.Tensor:
         return torch.softmax(self.logits(images), dim=1)

@@ -168,7 +168,7 @@ def test_dreaming_after_a_private_update_depends_only_on_the_released_model(base
     opt.load_state_dict(opt0)
     released = copy.deepcopy(learner.model)
     real(gen0, released, learner.num_classes, learner.config.dream, opt, learner._seeded_generator(1, salt=1), show_progress=False,
-         memory_format=learner._memory_format)
+         memory_format=learner._memory_format, autocast=learner._autocast)
     for (k, a), b in zip(learner.generator.state_dict().items(), gen0.state_dict().values()):
         assert torch.equal(a, b), k
 
