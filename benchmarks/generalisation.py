@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/generalisation.json"))
     p.add_argument("--merge", type=Path, nargs="*", default=[],
                    help="result files of parts of the suite run apart (same settings) to start from")
+    p.add_argument("--report-only", action="store_true", help="run nothing: merge, write --out and print the table")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results: dict = {}
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, by_method in prev["results"].items():
             results.setdefault(key, {}).update(by_method)
     suite_start = time.perf_counter()
-    for name in args.protocols:
+    for name in [] if args.report_only else args.protocols:
         for order in args.orders:
             proto = build(name, order, args)
             key = f"{name}/order{order}"
