@@ -11,7 +11,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 
-from .auto_config import resolved_settings, settle_for_call, settle_for_data
+from .auto_config import content_channels, resolved_settings, settle_for_call, settle_for_data
 from .checkpoint import read_learner, save_learner
 from .collective import Collective, synced_batchnorm
 from .compute import autocasts, compile_backend, config_threads, make_cuda_repeatable, resolve_device
@@ -174,7 +174,7 @@ class Learner:
         # the first task and kept in the config (saved with the learner); batch sizes per call.
         settled = self.config
         if st.model is None or not settled.augment.is_resolved:
-            settled = settle_for_data(settled, data.image_shape, len(data))
+            settled = settle_for_data(settled, data.image_shape, len(data), content_channels(data.images))
         cfg, per_call = settle_for_call(settled, len(data))
         self._check_images(data.images, st.input_shape)
         new_labels = data.unique_labels()

@@ -49,7 +49,7 @@ data=(--dataset "$DATASET")
 common=("${data[@]}" --tasks 5 --seed 0 --device "$DEVICE" --threads "$THREADS" --recipe paper --quiet --no-plot "${sets[@]}")
 
 echo "== smoke"
-if ! timeout "$SMOKE_LIMIT" $PY -m abd_edge.cli bench --dataset digits --tasks 5 --max-tasks 2 --epochs 1 --dream-iters 5 \
+if ! timeout "$SMOKE_LIMIT" $PY -m abd_edge bench --dataset digits --tasks 5 --max-tasks 2 --epochs 1 --dream-iters 5 \
         --device "$DEVICE" --quiet --no-plot "${sets[@]}" --out "$OUT/smoke.json" > "$OUT/smoke.log" 2>&1; then
     tail -30 "$OUT/smoke.log"; echo "SMOKE FAILED"; exit 3
 fi
@@ -58,7 +58,7 @@ grep -i "training eagerly" "$OUT/smoke.log" | head -2
 
 echo "== calibration: 2 tasks, $CAL_EPOCHS epochs, $CAL_DREAM dreaming iterations"
 start=$(date +%s)
-if ! timeout "$CAL_LIMIT" $PY -m abd_edge.cli bench "${common[@]}" --max-tasks 2 --epochs "$CAL_EPOCHS" --dream-iters "$CAL_DREAM" \
+if ! timeout "$CAL_LIMIT" $PY -m abd_edge bench "${common[@]}" --max-tasks 2 --epochs "$CAL_EPOCHS" --dream-iters "$CAL_DREAM" \
         --out "$OUT/calibration.json" > "$OUT/calibration.log" 2>&1; then
     tail -30 "$OUT/calibration.log"; echo "CALIBRATION FAILED"; exit 4
 fi
@@ -85,7 +85,7 @@ echo "calibrated: task 1 $T1 img/s, replay $REP img/s, dreaming $SPI s/it -> $EP
 
 echo "== the run"
 start=$(date +%s)
-timeout $(( BUDGET + 120 )) $PY -m abd_edge.cli bench "${common[@]}" --epochs "$EPOCHS" --dream-iters "$DREAM" \
+timeout $(( BUDGET + 120 )) $PY -m abd_edge bench "${common[@]}" --epochs "$EPOCHS" --dream-iters "$DREAM" \
     --out "$OUT/paper-protocol.json" > "$OUT/paper-protocol.log" 2>&1
 rc=$?
 echo "run: rc $rc in $(( $(date +%s) - start )) s ($EPOCHS epochs, $DREAM dreaming iterations per task; paper: 250 and 10000)"

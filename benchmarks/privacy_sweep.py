@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from abd_edge.bench import BenchSpec, learner_config, load_benchmark_data
+from abd_edge.apps.bench import BenchSpec, learner_config, load_benchmark_data
 from abd_edge.config import PrivacyConfig
 from abd_edge.data import class_order, split_tasks
 from abd_edge.learner import Learner
-from abd_edge.simulate import _uint8, default_budget
+from abd_edge.apps.simulate import _uint8, default_budget
 from privacy import _static_accuracy, apply_budget  # benchmarks/privacy.py (this script's directory is on sys.path)
 
 

@@ -43,7 +43,7 @@ from abd_edge import Learner, LearnerConfig
 from abd_edge.data import LabeledImages, class_order, load_cifar10_jpeg, split_tasks
 from abd_edge.dreaming import train_generator
 from abd_edge.environment import cpu_name, environment
-from abd_edge.learner import resolve_autocast
+from abd_edge.compute import resolve_autocast
 from abd_edge.models import build_backbone
 
 BATCH = 128

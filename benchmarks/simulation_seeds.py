@@ -8,6 +8,12 @@ The seed picks the class order and the learners' seeds. Besides mean and
 standard deviation per step, the table says by how many points ABD leads
 fine-tuning at the end of each seed: a user can rely on the worst seed, not
 on the average.
+
+``--baseline`` compares with another summary of the same command (e.g. run
+on another CPU, or with ``ATEN_CPU_CAPABILITY=avx2`` and oneDNN off to
+emulate one): per step, the difference of ABD's means and whether it is
+within the seed spread, i.e. no larger than the larger of the two standard
+deviations. ``--setting`` records how the runs were made.
 """
 
 from __future__ import annotations
@@ -38,10 +44,23 @@ def summarize(docs: list[dict]) -> dict:
             "environment": docs[0].get("environment")}
 
 
+def compare(summary: dict, baseline: dict) -> dict:
+    """ABD's mean per step against a baseline summary: within the spread when |difference| <= max of the two stds."""
+    rows = []
+    for mine, base in zip(summary["steps"], baseline["steps"]):
+        diff = mine["abd"]["mean"] - base["abd"]["mean"]
+        spread = max(mine["abd"]["std"], base["abd"]["std"])
+        rows.append({"step": mine["step"], "classes_seen": mine["classes_seen"], "abd_mean_difference": diff,
+                     "spread": spread, "within_spread": abs(diff) <= spread})
+    return {"steps": rows, "final_within_spread": rows[-1]["within_spread"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", nargs="+", type=Path, help="simulation.json files, one per seed")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--baseline", type=Path, help="a summary written by this program to compare ABD with")
+    p.add_argument("--setting", help="how these runs were made (CPU, kernels, threads), kept in the JSON")
     args = p.parse_args(argv)
     docs = [json.loads(path.read_text()) for path in args.results]
     seeds = [d["simulation"]["seed"] for d in docs]
@@ -49,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"each file must come from another seed, got seeds {seeds}")
     summary = summarize(docs)
     summary["inputs"] = [str(path) for path in args.results]
+    if args.setting:
+        summary["setting"] = args.setting
+    if args.baseline:
+        summary["comparison"] = compare(summary, json.loads(args.baseline.read_text()))
+        summary["comparison"]["baseline"] = str(args.baseline)
     args.out.write_text(json.dumps(summary, indent=1))
     print(f"seeds {summary['seeds']}: accuracy % on the classes seen, mean +- std")
     print(f"{'step':>4} {'classes':>7} " + " ".join(f"{d:>14}" for d in DEVICES))
@@ -57,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['step']:>4} {row['classes_seen']:>7} {cells}")
     print("final lead of ABD over fine-tune, points per seed:",
           {k: round(v, 1) for k, v in summary["final_lead_over_finetune_points"].items()})
+    if args.baseline:
+        print(f"ABD against {args.baseline}: mean difference (this - baseline) per step, and within the seed spread?")
+        for row in summary["comparison"]["steps"]:
+            print(f"{row['step']:>4} {row['classes_seen']:>7} {row['abd_mean_difference']:>+7.1f} "
+                  f"(spread {row['spread']:.1f}) {'yes' if row['within_spread'] else 'NO'}")
     print(f"wrote {args.out}")
     return 0
 

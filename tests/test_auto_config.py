@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from abd_edge import Learner, LearnerConfig
-from abd_edge.auto_config import auto_augment, auto_batch_size, auto_grad_clip, settle_for_call, settle_for_data
+from abd_edge.auto_config import (auto_augment, auto_batch_size, auto_grad_clip, content_channels, settle_for_call,
+                                  settle_for_data)
 from abd_edge.config import AugmentConfig, TrainConfig
 from abd_edge.errors import ConfigError
 from abd_edge.grad_clip import GlobalNormClip
@@ -84,6 +85,34 @@ def test_learner_settles_reports_saves_and_reuses(tmp_path):
     assert loaded.config.data_settings == ds and loaded.config.augment == learner.config.augment
     rep2 = loaded.learn_new_classes(make_task([2, 3], n_per_class=20, seed=1), show_progress=False)
     assert rep2.data_settings["augment.crop_padding"]["value"] == 1 and loaded.config.data_settings == ds
+
+
+def test_grey_content_in_rgb_counts_as_grey():
+    grey = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    rgb_grey = grey.expand(-1, 3, -1, -1).contiguous()
+    assert content_channels(grey) == 1 and content_channels(rgb_grey) == 1
+    colour = rgb_grey.clone()
+    colour[-1, 0] = colour[-1, 0] // 2 + 1  # one colour image, the last: the every-k-th sample must still see it
+    assert content_channels(colour) == 3
+    assert content_channels(torch.randint(0, 256, (1000, 3, 4, 4), dtype=torch.uint8)) == 3
+    settled = settle_for_data(LearnerConfig.short_budget(), (3, 32, 32), 500, content=1)
+    assert settled.augment.flip is False and settled.augment.crop_padding == 4 and settled.augment.brightness > 0
+    assert settled.data_settings["content_channels"] == 1
+    assert settle_for_data(LearnerConfig.short_budget(), (3, 32, 32), 500).augment.flip is True
+
+
+def test_learner_does_not_flip_grey_images_stored_as_rgb():
+    # Regression: digits upscaled to 32x32 RGB were flipped like photos (generalisation suite, ABD 48.1%).
+    images, labels = make_task([0, 1], n_per_class=16, size=16)
+    rgb = images.expand(-1, 3, -1, -1).contiguous()
+    learner = Learner(tiny_config(augment=AugmentConfig()))
+    rep = learner.learn_new_classes((rgb, labels), dream=False, show_progress=False)
+    assert rep.data_settings["augment.flip"] == {"value": False, "source": "auto"}
+    assert learner.config.data_settings["content_channels"] == 1
+    colour = Learner(tiny_config(augment=AugmentConfig()))
+    rep = colour.learn_new_classes(make_task([0, 1], n_per_class=16, size=16, channels=3), dream=False,
+                                   show_progress=False)
+    assert rep.data_settings["augment.flip"] == {"value": True, "source": "auto"}
 
 
 def test_global_norm_clip_math():

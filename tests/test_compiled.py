@@ -10,6 +10,7 @@ import torch
 from conftest import make_task, tiny_config
 
 from abd_edge import Learner
+from abd_edge.compute import compile_backend
 
 
 def _train(**overrides) -> tuple[Learner, list[dict]]:
@@ -21,9 +22,10 @@ def _train(**overrides) -> tuple[Learner, list[dict]]:
 
 def test_compile_auto_is_off_on_cpu():
     learner = Learner(tiny_config())
-    assert learner.config.compile == "auto" and learner._compile_backend(None) is None
-    assert Learner(tiny_config(compile=True))._compile_backend(None) == "inductor"
-    assert Learner(tiny_config(compile=True))._compile_backend(object()) is None  # private / data-parallel setups
+    assert learner.config.compile == "auto" and compile_backend(learner.config, learner.device, None) is None
+    on = Learner(tiny_config(compile=True))
+    assert compile_backend(on.config, on.device, None) == "inductor"
+    assert compile_backend(on.config, on.device, object()) is None  # private / data-parallel setups
 
 
 def test_the_compiled_forward_trains_as_the_eager_one():
