@@ -25,7 +25,7 @@ _LAZY = {
     "DreamConfig": ("abd_edge.config", "DreamConfig"),
     "AugmentConfig": ("abd_edge.config", "AugmentConfig"),
     "LossConfig": ("abd_edge.config", "LossConfig"),
-    "PrivacyConfig": ("abd_edge.config", "PrivacyConfig"),
+    "PrivacyConfig": ("abd_edge.privacy.config", "PrivacyConfig"),
     "LabeledImages": ("abd_edge.data.images", "LabeledImages"),
     "ClassRegistry": ("abd_edge.registry", "ClassRegistry"),
     "AccuracyMatrix": ("abd_edge.metrics", "AccuracyMatrix"),

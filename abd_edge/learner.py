@@ -15,7 +15,8 @@ from .auto_config import content_channels, resolved_settings, settle_for_call, s
 from .checkpoint import read_learner, save_learner
 from .collective import Collective, synced_batchnorm
 from .compute import autocasts, compile_backend, config_threads, make_cuda_repeatable, resolve_device
-from .config import LearnerConfig, PrivacyConfig
+from .config import LearnerConfig
+from .privacy.config import PrivacyConfig
 from .data.adapters import as_labeled_images
 from .data.arrays import images_to_tensor, with_batch_axis
 from .data.augment import BatchAugment, to_unit_float

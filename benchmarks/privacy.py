@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from abd_edge.apps.bench import BenchSpec, environment, learner_config, load_benchmark_data
-from abd_edge.config import PrivacyConfig
+from abd_edge.privacy.config import PrivacyConfig
 from abd_edge.data import class_order, split_tasks
 from abd_edge.learner import Learner
 from abd_edge.privacy.audit import dream_memorisation, membership_audit

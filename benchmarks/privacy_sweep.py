@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from abd_edge.apps.bench import BenchSpec, learner_config, load_benchmark_data
-from abd_edge.config import PrivacyConfig
+from abd_edge.privacy.config import PrivacyConfig
 from abd_edge.data import class_order, split_tasks
 from abd_edge.learner import Learner
 from abd_edge.apps.simulate import _uint8, default_budget

@@ -70,7 +70,7 @@ class DeviceBudget:
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"time_budget_s must be positive, got {self.time_budget_s}")
         if self.privacy is not None:
-            from abd_edge.config import PrivacyConfig
+            from abd_edge.privacy.config import PrivacyConfig
 
             if isinstance(self.privacy, dict):
                 self.privacy = PrivacyConfig.from_dict(self.privacy)

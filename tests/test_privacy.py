@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from abd_edge import Learner
-from abd_edge.config import PrivacyConfig
+from abd_edge.privacy.config import PrivacyConfig
 from abd_edge.dreaming import train_generator
 from abd_edge.errors import PrivacyError
 from abd_edge.privacy import dp, epsilon_of
@@ -243,7 +243,7 @@ def test_train_task_uses_the_supplied_setup():
 def test_privacy_config_is_a_top_level_name():
     """The README's quickstart imports it from the package, like the other configs."""
     import abd_edge
-    from abd_edge.config import PrivacyConfig
+    from abd_edge.privacy.config import PrivacyConfig
 
     assert abd_edge.PrivacyConfig is PrivacyConfig and "PrivacyConfig" in abd_edge.__all__
 

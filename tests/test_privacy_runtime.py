@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from abd_edge import Learner, runtime
-from abd_edge.config import PrivacyConfig
+from abd_edge.privacy.config import PrivacyConfig
 from abd_edge.errors import PrivacyError
 from abd_edge.export import export_bundle
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from abd_edge.bundle_format import LEARNER_DIR
 from abd_edge.bundle_store import BundleStore
-from abd_edge.config import PrivacyConfig
+from abd_edge.privacy.config import PrivacyConfig
 from abd_edge.data.adapters import as_labeled_images
 from abd_edge.learner import Learner
 from abd_edge.privacy.audit import dream_memorisation, membership_audit, persistence_scan

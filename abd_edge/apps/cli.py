@@ -242,7 +242,7 @@ def _add_privacy_args(p: argparse.ArgumentParser) -> None:
 def _privacy_from_args(args: argparse.Namespace):  # -> PrivacyConfig | None
     if getattr(args, "epsilon", None) is None:
         return None
-    from abd_edge.config import PrivacyConfig
+    from abd_edge.privacy.config import PrivacyConfig
 
     extra: dict[str, object] = {"max_grad_norm": args.max_grad_norm} if args.max_grad_norm is not None else {}
     if args.epsilon == float("inf"):

@@ -34,7 +34,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..config import PrivacyConfig, TrainConfig, encode_epsilon
+from ..config import TrainConfig
+from .config import PrivacyConfig, encode_epsilon
 from ..engine import RunStep, ShuffledBatches, TrainingSetup
 from ..errors import PrivacyError
 from ..methods.base import Method, TaskContext
