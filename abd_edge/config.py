@@ -41,7 +41,7 @@ class TrainConfig:
     milestones: tuple[int, ...] = (100, 150, 200)
     gamma: float = 0.1
     warmup_epochs: float = 0.0
-    # Global gradient-norm clip (grad_clip.py); None: off (the paper). auto: on for small tasks (auto_config.py).
+    # Global gradient-norm clip (engine.TrainingSetup.step); None: off (the paper). auto: on for small tasks (auto_config.py).
     grad_clip_norm: float | None | Auto = AUTO
 
     def validate(self, where: str) -> None:

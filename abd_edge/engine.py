@@ -114,6 +114,12 @@ class ShuffledBatches:
 RunStep = Callable[[torch.Tensor, torch.Tensor, "ReplayBatch | None"], StepOutputs]
 
 
+def clip_norm(cfg: TrainConfig) -> float | None:
+    """The global gradient-norm bound a resolved train config asks for (None: no clipping)."""
+    g = cfg.grad_clip_norm
+    return float(g) if isinstance(g, (int, float)) and not isinstance(g, bool) else None
+
+
 class TrainingSetup:
     """What the loop trains with: optimizer, local-data batches, and how one step's loss becomes an update.
 
@@ -124,18 +130,22 @@ class TrainingSetup:
     clips and noises per-sample gradients), which modules train (BatchNorm
     frozen), and how the loss of a step is split between private and public
     parts. This default is the plain non-private update, one forward pass
-    over ``[real; dreamed]`` and one backward pass.
+    over ``[real; dreamed]`` and one backward pass, then the global-norm clip
+    (``clip_norm``, on for small tasks: abd_edge/auto_config.py) and the
+    optimizer step.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: BatchSource) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: BatchSource,
+                 clip_norm: float | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
         self.batches = batches
+        self.clip_norm = clip_norm
 
     @classmethod
     def plain(cls, model: nn.Module, n: int, cfg: TrainConfig, device: torch.device) -> "TrainingSetup":
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        return cls(model, optimizer, ShuffledBatches(n, cfg.batch_size, device))
+        return cls(model, optimizer, ShuffledBatches(n, cfg.batch_size, device), clip_norm(cfg))
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()
@@ -164,10 +174,17 @@ class TrainingSetup:
             loss, parts = method.loss(ctx, out)
         self.optimizer.zero_grad(set_to_none=True)
         with record_function("abd.backward"):
-            loss.backward()
+            self.backward(loss, x)
         with record_function("abd.optimizer"):
+            if self.clip_norm is not None:
+                # Why: on small tasks the first steps of a fresh or grown network blow the weights up (auto_config.py).
+                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.clip_norm)
             self.optimizer.step()
         return {"loss": loss, **parts}
+
+    def backward(self, loss: torch.Tensor, x: torch.Tensor) -> None:
+        """Gradients of one step's loss (``x``: the step's inputs, for setups that weight by batch share)."""
+        loss.backward()
 
     def close(self) -> None:
         """Undo anything the setup attached to the model (hooks, flags)."""

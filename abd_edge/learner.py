@@ -24,7 +24,6 @@ from .data.images import LabeledImages
 from .dreaming import DreamReport, ReplaySampler, measure_diversity, train_generator
 from .engine import Normalizer, TrainResult, predict_logits, train_task, weight_align
 from .errors import ConfigError, ImageSpecError, NotFittedError
-from .grad_clip import GlobalNormClip
 from .learner_state import LearnerState, build_models
 from .methods import TaskContext, build_method
 from .models.generator import Generator
@@ -257,10 +256,7 @@ class Learner:
                 )
             log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
             private = plan is not None and plan.config.private
-            # Opacus clips per sample and rebuilds .grad from them; a global clip hook would act on the wrong thing.
-            # Data-parallel: the setup clips after averaging the ranks' gradients.
-            clip = None if private or collective is not None else tcfg.grad_clip_norm
-            with GlobalNormClip(model.parameters(), clip), synced_batchnorm(model, collective):
+            with synced_batchnorm(model, collective):
                 result: TrainResult = train_task(
                     model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
                     replay=replay, memory_format=self._memory_format, autocast=self._autocast,

@@ -38,15 +38,14 @@ by itself.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from .collective import Collective
 from .config import TrainConfig
-from .engine import RunStep, TrainingSetup, batch_starts
-from .methods.base import Method, TaskContext
+from .engine import TrainingSetup, batch_starts, clip_norm
 
 
 # ------------------------------------------------------------- training
@@ -86,27 +85,19 @@ class DistributedSetup(TrainingSetup):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: ShardedBatches,
                  collective: Collective, clip_norm: float | None) -> None:
-        super().__init__(model, optimizer, batches)
+        super().__init__(model, optimizer, batches, clip_norm)
         self.collective = collective
-        self.clip_norm = clip_norm
 
     @classmethod
     def sharded(cls, model: nn.Module, n: int, cfg: TrainConfig, device: torch.device, collective: Collective,
                 seed: int) -> "DistributedSetup":
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         assert isinstance(cfg.batch_size, int)
-        clip = cfg.grad_clip_norm if isinstance(cfg.grad_clip_norm, (int, float)) else None
-        return cls(model, optimizer, ShardedBatches(n, cfg.batch_size, device, collective, seed), collective, clip)
+        return cls(model, optimizer, ShardedBatches(n, cfg.batch_size, device, collective, seed), collective,
+                   clip_norm(cfg))
 
-    def step(self, run: RunStep, method: Method, ctx: TaskContext, x: torch.Tensor, y: torch.Tensor,
-             replay: Any) -> dict[str, torch.Tensor]:
-        out = run(x, y, replay)
-        loss, parts = method.loss(ctx, out)
-        self.optimizer.zero_grad(set_to_none=True)
-        # This rank's share of the global batch's mean loss; the gradients are then summed over ranks.
+    def backward(self, loss: torch.Tensor, x: torch.Tensor) -> None:
+        # This rank's share of the global batch's mean loss; the gradients are then summed over ranks
+        # (the base step clips the sum and steps, the same on every rank).
         (loss * (x.shape[0] / self.batches.global_size)).backward()
         self.collective.sum_gradients(self.model.parameters())
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.clip_norm)
-        self.optimizer.step()
-        return {"loss": loss, **parts}

@@ -12,7 +12,6 @@ from abd_edge.auto_config import (auto_augment, auto_batch_size, auto_grad_clip,
                                   settle_for_data)
 from abd_edge.config import AugmentConfig, TrainConfig
 from abd_edge.errors import ConfigError
-from abd_edge.grad_clip import GlobalNormClip
 from abd_edge.reports import NewClassesNotLearnedWarning
 from tests.conftest import make_task, tiny_config
 
@@ -115,22 +114,34 @@ def test_learner_does_not_flip_grey_images_stored_as_rgb():
     assert rep.data_settings["augment.flip"] == {"value": True, "source": "auto"}
 
 
-def test_global_norm_clip_math():
-    w = torch.nn.Parameter(torch.tensor([3.0, 0.0]))
-    b = torch.nn.Parameter(torch.tensor([4.0]))
-    with GlobalNormClip([w, b], 1.0) as clip:
-        (w * torch.tensor([3.0, 0.0])).sum().backward()  # grad w = (3, 0), b gets none
-    # a pass that left b without a gradient is not clipped
-    assert torch.equal(w.grad, torch.tensor([3.0, 0.0])) and clip.steps == 0
-    w.grad = b.grad = None
-    with GlobalNormClip([w, b], 1.0) as clip:
-        (w.sum() * 3.0 + b.sum() * 4.0).backward()  # grads (3, 3) and (4): norm sqrt(34)
+def test_setup_step_clips_the_global_norm():
+    """The plain setup clips the gradient's global norm between backward and the optimizer step."""
+    from abd_edge.engine import ShuffledBatches, TrainingSetup, clip_norm
+
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([3.0, 0.0]))
+            self.b = torch.nn.Parameter(torch.tensor([4.0]))
+
+    class Loss:
+        def loss(self, ctx, out):
+            return out, {}
+
+    def step_grads(limit):
+        m = Pair()
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the step leaves the weights, the grads stay readable
+        setup = TrainingSetup(m, opt, ShuffledBatches(1, 1, torch.device("cpu")), limit)
+        setup.step(lambda x, y, r: m.w.sum() * 3.0 + m.b.sum() * 4.0, Loss(), None, torch.zeros(1), None, None)
+        return m.w.grad, m.b.grad
+
+    w, b = step_grads(1.0)  # grads (3, 3) and (4): norm sqrt(34), scaled to 1
     n = math.sqrt(34)
-    assert torch.allclose(w.grad, torch.tensor([3.0, 3.0]) / n) and torch.allclose(b.grad, torch.tensor([4.0]) / n)
-    assert clip.steps == 1 and clip.clipped_steps == 1
-    w.grad = b.grad = None
-    (w.sum() * 3.0).backward()  # hooks removed on exit: no clipping
-    assert torch.equal(w.grad, torch.tensor([3.0, 3.0]))
+    assert torch.allclose(w, torch.tensor([3.0, 3.0]) / n) and torch.allclose(b, torch.tensor([4.0]) / n)
+    w, b = step_grads(None)  # no bound: the gradient as computed
+    assert torch.equal(w, torch.tensor([3.0, 3.0])) and torch.equal(b, torch.tensor([4.0]))
+    assert clip_norm(TrainConfig(grad_clip_norm=1.0)) == 1.0 and clip_norm(TrainConfig(grad_clip_norm=None)) is None
+    assert clip_norm(TrainConfig(grad_clip_norm="auto")) is None  # unresolved: the learner settles it first
 
 
 def test_direct_digits_first_task_quick():

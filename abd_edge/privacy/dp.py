@@ -36,7 +36,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from .config import PrivacyConfig, encode_epsilon
-from ..engine import RunStep, ShuffledBatches, TrainingSetup
+from ..engine import RunStep, ShuffledBatches, TrainingSetup, clip_norm
 from ..errors import PrivacyError
 from ..methods.base import Method, TaskContext
 
@@ -157,7 +157,9 @@ class FrozenBNSetup(TrainingSetup):
                     p.requires_grad_(False)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        super().__init__(model, optimizer, ShuffledBatches(plan.n_images, plan.batch_size, device))
+        # Opacus clips per sample; a global clip of the noised sum would act on the wrong thing (eps=inf: as plain).
+        super().__init__(model, optimizer, ShuffledBatches(plan.n_images, plan.batch_size, device),
+                         None if plan.config.private else clip_norm(cfg))
         self.steps_taken = 0
 
     def train_mode(self, model: nn.Module) -> None:
