@@ -204,3 +204,33 @@ def test_info_on_root_version_and_learner_without_torch(npz_tasks, tmp_path):
     assert docs["learner"]["kind"] == "learner" and docs["learner"]["tasks_learned"] == 1
     res = cli("info", str(tmp_path / "nothing"))
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+# ---------------------------------------------------------------- bench --profile (issue 11, item 1)
+
+
+def test_bench_profile_maps_onto_the_profiler_and_refuses_other_datasets(tmp_path):
+    from abd_edge.apps.profiling import bench_argv
+
+    argv = bench_argv("c.npz", 2, str(tmp_path / "p.json"), quick=False)
+    assert argv[:4] == ["--data", "c.npz", "--threads", "2"] and argv[-2:] == ["--out", str(tmp_path / "p.json")]
+    quick = bench_argv(None, None, None, quick=True)
+    assert quick[:4] == ["--synthetic", "1024", "--threads", "1"] and "--rounds" in quick and quick[quick.index("--out") + 1].startswith("runs/profile-")
+    res = cli("bench", "--profile", "--dataset", "digits")
+    assert res.returncode == 2 and "ConfigError" in res.stderr and "--dataset digits" in res.stderr
+
+
+def test_profile_measures_both_loops_and_breaks_a_step_down(tmp_path):
+    from abd_edge.apps.profiling import DREAM_LABELS, LABELS, main
+
+    out = tmp_path / "profile.json"
+    assert main(["--synthetic", "128", "--threads", "1", "--workers", "0", "--seconds", "0.5", "--rounds", "1",
+                 "--replay-seconds", "0.5", "--dream-iters", "2", "--variants", "fp32", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    plain, engine = doc["task1"]["plain"], doc["task1"]["fp32"]
+    assert plain["images_per_second"] > 0 and engine["images_per_second"] > 0
+    assert engine["vs_plain"] == pytest.approx(engine["images_per_second"] / plain["images_per_second"])
+    rd = doc["replay_and_dreaming"]["fp32"]
+    assert rd["replay_images_per_second"] > 0 and rd["dream_seconds_per_iteration"] > 0
+    assert {"abd.forward", "abd.backward"} <= {f"abd.{k}" for k in rd["replay_step"]["ms_per_step"]} <= set(LABELS) | {"abd.other"}
+    assert {f"abd.{k}" for k in rd["dream_iteration"]["ms_per_iteration"]} <= set(DREAM_LABELS) | {"abd.other"}

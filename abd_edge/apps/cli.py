@@ -83,6 +83,12 @@ def _print_json(doc: Any) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from abd_edge.extras import import_or_explain, require
 
+    if args.profile:  # images/s of the engine beside the plain DataLoader+PIL loop, and where a step's time goes
+        if args.dataset != "cifar10":
+            raise ConfigError(f"--profile measures cifar10 task 1, got --dataset {args.dataset}; pass --dataset cifar10")
+        require("torchvision", "PIL", feature="abd-edge bench --profile")
+        profiling = import_or_explain("abd_edge.apps.profiling", feature="abd-edge bench --profile")
+        return profiling.main(profiling.bench_argv(args.data_root, args.threads, args.out, args.max_tasks == 1))
     needs = (["sklearn"] if args.dataset == "digits" else []) + ([] if args.no_plot else ["matplotlib"])
     require(*needs, feature="abd-edge bench")  # before minutes of training, not after
     bench = import_or_explain("abd_edge.apps.bench", feature="abd-edge bench")
@@ -294,7 +300,8 @@ _EXAMPLES = {
     "bench": """examples:
   abd-edge bench --dataset digits --tasks 5 --method abd
   abd-edge bench --dataset cifar10 --data-root cifar10_jpeg.npz --tasks 5 --device cuda --method all
-  abd-edge bench --dataset digits --set later_tasks.lr=0.05 --set head_balance=none --out runs/r.json""",
+  abd-edge bench --dataset digits --set later_tasks.lr=0.05 --set head_balance=none --out runs/r.json
+  abd-edge bench --profile --dataset cifar10 --data-root cifar10_jpeg.npz --threads 1""",
     "bench-report": """example:
   abd-edge bench-report runs/abd.json runs/lwf.json --out runs/all.json""",
     "learn": """examples:
@@ -363,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a learner setting, e.g. later_tasks.lr=0.05 or head_balance=none (repeatable)")
     b.add_argument("--max-tasks", type=positive_int, help="stop after this many tasks (a quick partial run)")
     b.add_argument("--no-plot", action="store_true", help="write no PNG")
+    b.add_argument("--profile", action="store_true", help="instead: task-1 images/s against a plain DataLoader+PIL loop, replay, dreaming and a time breakdown (--max-tasks 1: quick; no --data-root: random images)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
 
     br = command("bench-report", "merge per-method benchmark JSONs (same protocol) into one table, JSON and PNG", _bench_report)
