@@ -11,7 +11,8 @@ seed spread of the old one: the table says so, per seed and on average.
 Run in alternation (fp32, auto, next seed) so that a shared CPU's load hits
 both alike; the seconds are reported but are not a speed measurement.
 ``--by replay_pool --baseline 0`` compares replay pools the same way (runs
-written by ``abd-edge bench --replay-pool N``; no pool counts as 0).
+written by ``abd-edge bench --replay-pool N``), ``--by generator --baseline
+abd`` generators; a run that leaves the setting unset counts as the baseline.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--by", default="precision", help="the setting compared: an --set key, or replay_pool")
+    p.add_argument("--by", default="precision", help="the setting compared: an --set key, or a bench option (replay_pool, generator)")
     p.add_argument("--baseline", default="fp32", help="the value of that setting the candidate is measured against")
     args = p.parse_args(argv)
     runs: dict[str, dict[int, dict[str, float]]] = {}
@@ -34,10 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.results:
         doc = json.loads(path.read_text())
         env = env or doc["environment"]
-        if args.by == "replay_pool":
-            precision = str(doc["benchmark"].get("replay_pool") or 0)
-        else:
-            precision = str(doc["benchmark"]["overrides"].get(args.by, "default"))
+        bench = doc["benchmark"]
+        value = bench.get(args.by) if args.by in bench else bench["overrides"].get(args.by)
+        precision = str(value) if value not in (None, 0) else args.baseline  # unset: the baseline (the default)
         for r in doc["methods"].values():
             runs.setdefault(precision, {})[doc["benchmark"]["seed"]] = {
                 "final_accuracy": r["final_accuracy"], "seconds_train": r["seconds_train"],
