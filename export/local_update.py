@@ -20,13 +20,18 @@ from abd_edge.bundle_store import BundleStore
 from abd_edge.config import LearnerConfig
 from abd_edge.data.adapters import as_labeled_images
 from abd_edge.errors import BundleError
+from abd_edge.auto_config import PAPER_DREAM_BATCH, auto_batch_size
 from abd_edge.learner import Learner
+from abd_edge.memory_budget import MemoryPlan, plan_memory
+
+NO_CAP = MemoryPlan(None, None, None, None)
+from abd_edge.resources import current_rss_bytes, release_memory
 from abd_edge.reports import LearnReport
 
 from .bundle import export_bundle
 from .quality import QualityGate, check_update, dream_old_classes
 
-__all__ = ["UpdateBudget", "LocalUpdate", "budget_overrides", "update_bundle"]
+__all__ = ["UpdateBudget", "LocalUpdate", "budget_overrides", "memory_plan", "update_bundle"]
 
 
 class UpdateBudget(Protocol):
@@ -37,20 +42,44 @@ class UpdateBudget(Protocol):
     batch_size: int | None
     threads: int | None
     time_budget_s: float | None
+    max_memory_mb: float | None
     privacy: Any  # a PrivacyConfig or None
 
     def validate(self) -> None: ...
 
 
-def budget_overrides(config: LearnerConfig, budget: UpdateBudget) -> dict[str, Any]:
-    """The ``Learner.reconfigure`` settings a budget stands for: later-task epochs and batch, dreaming iterations.
+def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPlan | None = None) -> dict[str, Any]:
+    """The ``Learner.reconfigure`` settings a budget stands for: later-task epochs and batch, dreaming iterations,
+    and the micro-batches of a memory ``plan`` (:func:`memory_plan`).
 
     The one place a budget becomes a learner configuration (the device
     update and the simulation's engine comparison both use it).
     """
     later = dataclasses.replace(config.later_tasks, epochs=budget.epochs,
-                                batch_size=budget.batch_size or config.later_tasks.batch_size)
-    return {"later_tasks": later, "dream": dataclasses.replace(config.dream, iterations=budget.dream_iterations)}
+                                batch_size=budget.batch_size or config.later_tasks.batch_size,
+                                micro_batch=plan.train_micro_batch if plan else config.later_tasks.micro_batch)
+    dream = dataclasses.replace(config.dream, iterations=budget.dream_iterations,
+                                micro_batch=plan.dream_micro_batch if plan else config.dream.micro_batch)
+    return {"later_tasks": later, "dream": dream}
+
+
+def memory_plan(learner: Learner, budget: UpdateBudget, n_images: int, replays: bool) -> MemoryPlan:
+    """The micro-batches that fit ``budget.max_memory_mb`` on top of what this process holds now.
+
+    Called with the learner loaded (and the C heap trimmed), so what is held
+    includes the process, the local data and the learner's state.
+    """
+    if budget.max_memory_mb is None:
+        return NO_CAP
+    release_memory()
+    held = current_rss_bytes()
+    cfg = learner.config
+    batch = budget.batch_size or cfg.later_tasks.batch_size
+    batch = auto_batch_size(n_images) if not isinstance(batch, int) else batch
+    dream_batch = cfg.dream.batch_size if isinstance(cfg.dream.batch_size, int) else PAPER_DREAM_BATCH
+    _c, h, w = learner.input_shape or (1, 32, 32)
+    return plan_memory(budget.max_memory_mb, None if held is None else held / 2**20,
+                       train_rows=batch * (2 if replays else 1), dream_batch=dream_batch, pixels=h * w)
 
 
 @dataclass
@@ -62,6 +91,7 @@ class LocalUpdate:
     quality: dict[str, Any]  # the quality gate's measurements
     export: dict[str, Any]  # export_bundle's result: version, bytes, files, manifest, ...
     seconds_export: float
+    memory: MemoryPlan  # the micro-batches the memory budget chose
 
     @property
     def version(self) -> str:
@@ -104,7 +134,10 @@ def update_bundle(
             )
         # store.read() has just hashed every file of this immutable version, learner/ included.
         learner = Learner.load(store.version_dir(parent) / LEARNER_DIR, device="cpu", hashes=False)
-        learner.reconfigure(**budget_overrides(learner.config, budget), **({"method": method} if method else {}))
+        if method:
+            learner.reconfigure(method=method)
+        plan = memory_plan(learner, budget, len(data), learner.method.uses_replay)  # MemoryBudgetError: nothing changed
+        learner.reconfigure(**budget_overrides(learner.config, budget, plan))
         threads_before = torch.get_num_threads()
         if budget.threads is not None:
             torch.set_num_threads(budget.threads)
@@ -125,6 +158,9 @@ def update_bundle(
         finally:
             torch.set_num_threads(threads_before)
         del data
+        release_memory()  # training's and dreaming's freed memory back to the system before the export allocates
+        # The plan fitted this device's memory at this moment; the exported learner's config does not keep it.
+        learner.reconfigure(**budget_overrides(learner.config, budget, NO_CAP))
         fault_point("update_trained")
         t_export = time.perf_counter()
         summary = {
@@ -141,4 +177,4 @@ def update_bundle(
         }
         info = export_bundle(learner, store, summary=summary, quantize=quantize, sign_key=sign_key,
                              generator_onnx=GENERATOR_ONNX in manifest["files"])  # keep the bundle's shape
-        return LocalUpdate(parent, rep, quality, info, time.perf_counter() - t_export)
+        return LocalUpdate(parent, rep, quality, info, time.perf_counter() - t_export, plan)
