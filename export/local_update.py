@@ -43,6 +43,7 @@ class UpdateBudget(Protocol):
     threads: int | None
     time_budget_s: float | None
     max_memory_mb: float | None
+    replay_pool_batches: int | None
     privacy: Any  # a PrivacyConfig or None
 
     def validate(self) -> None: ...
@@ -50,7 +51,7 @@ class UpdateBudget(Protocol):
 
 def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPlan | None = None) -> dict[str, Any]:
     """The ``Learner.reconfigure`` settings a budget stands for: later-task epochs and batch, dreaming iterations,
-    and the micro-batches of a memory ``plan`` (:func:`memory_plan`).
+    the replay pool, and the micro-batches of a memory ``plan`` (:func:`memory_plan`).
 
     The one place a budget becomes a learner configuration (the device
     update and the simulation's engine comparison both use it).
@@ -60,7 +61,8 @@ def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPl
                                 micro_batch=plan.train_micro_batch if plan else config.later_tasks.micro_batch)
     dream = dataclasses.replace(config.dream, iterations=budget.dream_iterations,
                                 micro_batch=plan.dream_micro_batch if plan else config.dream.micro_batch)
-    return {"later_tasks": later, "dream": dream}
+    pool = budget.replay_pool_batches
+    return {"later_tasks": later, "dream": dream, "replay_pool_batches": config.replay_pool_batches if pool is None else pool}
 
 
 def memory_plan(learner: Learner, budget: UpdateBudget, n_images: int, replays: bool) -> MemoryPlan:

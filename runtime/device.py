@@ -71,6 +71,8 @@ class DeviceBudget:
     time_budget_s: float | None = None
     privacy: Any = None  # a PrivacyConfig (or its dict): DP updates; its epochs/batch_size/lr, if set, replace the above
     max_memory_mb: float | None = None
+    # Dreamed replay drawn once as this many batches and reused (ReplaySampler); None: the bundle's setting.
+    replay_pool_batches: int | None = None
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -84,6 +86,9 @@ class DeviceBudget:
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"time_budget_s must be positive, got {self.time_budget_s}")
         check_max_memory_mb(self.max_memory_mb)
+        p = self.replay_pool_batches
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 0):
+            raise ConfigError(f"replay_pool_batches must be None (the bundle's) or an int >= 0, got {p!r}")
         if self.privacy is not None:
             from abd_edge.privacy.config import PrivacyConfig
 
