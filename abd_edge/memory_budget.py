@@ -1,14 +1,17 @@
 """How a device update fits a peak-memory budget: micro-batch sizes from the memory left.
 
-Measured on a 2-core AMD EPYC (torch 2.14 CPU, bf16 autocast, ResNet-32 and
-the paper's generator on 32x32 images; docs/DEPLOYMENT.md): above what the
-process holds when the update starts (the torch import alone is ~510 MB
-with a CUDA build, the first ``torch.optim`` optimizer imports
-``torch._dynamo``, ~150 MB more), a training step costs about
-``TRAIN_FIXED_MB`` plus ``TRAIN_MB_PER_ROW`` per row of one forward pass
-(real and dreamed rows together), and a dreaming iteration about
-``DREAM_FIXED_MB`` (the generator's gradients, Adam moments and bf16 weight
-copies) plus ``DREAM_MB_PER_IMAGE`` per image of one generator pass.
+Measured on a 2-core AMD EPYC (torch 2.14 CUDA build on the CPU, bf16
+autocast, ResNet-32 and the paper's generator on 32x32 images, peak RSS
+sampled every 3 ms per phase; docs/DEPLOYMENT.md): above what the process
+holds when the update starts (~780 MiB there: the torch import alone is
+~510 MiB, the first ``torch.optim`` optimizer imports ``torch._dynamo``,
+~150 MiB more, then the learner and ONNX Runtime), a training step costs
+about ``TRAIN_FIXED_MB`` plus ``TRAIN_MB_PER_ROW`` per row of one forward
+pass (real and dreamed rows together), and dreaming about
+``DREAM_FIXED_MB`` (what training leaves allocated, and the generator's
+8.2 M-weight first layer: its gradient, Adam moments, Adam's temporary and
+bf16 copies of weight and gradient) plus ``DREAM_MB_PER_IMAGE`` per image
+of one generator pass.
 Activation costs scale with the pixel count. The plan takes the largest
 micro-batches that fit; the report then says whether the measured peak did.
 This module is torch-free: the runtime plans before it imports torch.
@@ -23,13 +26,19 @@ from typing import Any
 from .errors import ConfigError, MemoryBudgetError
 
 TRAIN_FIXED_MB = 60.0
-TRAIN_MB_PER_ROW = 1.9
-DREAM_FIXED_MB = 250.0
-DREAM_MB_PER_IMAGE = 3.3
+TRAIN_MB_PER_ROW = 3.2
+DREAM_FIXED_MB = 360.0
+DREAM_MB_PER_IMAGE = 2.3
 REFERENCE_PIXELS = 32 * 32
 MIN_MICRO_BATCH = 8  # below this a BatchNorm's batch statistics are mostly noise
 
-__all__ = ["MemoryPlan", "check_max_memory_mb", "plan_memory"]
+__all__ = ["MemoryPlan", "check_max_memory_mb", "plan_memory", "pool_mb"]
+
+
+def pool_mb(pool_images: int, channels: int, pixels: int, feature_dim: int = 64) -> float:
+    """A replay pool's peak: float32 images, previous-model features and logits, twice (its batches and their concatenation
+    while it is built), with 20% for allocator slack."""
+    return 2.4 * pool_images * 4 * (channels * pixels + feature_dim + 16) / 2**20
 
 
 def check_max_memory_mb(value: Any) -> None:
@@ -63,11 +72,13 @@ def _fit(headroom: float, fixed: float, per_item: float, full: int) -> int | Non
 
 def plan_memory(
     max_memory_mb: float | None, held_mb: float | None, *, train_rows: int, dream_batch: int, pixels: int,
+    pool_mb: float = 0.0,
 ) -> MemoryPlan:
     """Micro-batches for one update that fit ``max_memory_mb`` on top of ``held_mb``.
 
     ``train_rows``: rows of one training forward pass (real + dreamed);
-    ``dream_batch``: images of one dreaming iteration; ``pixels``: H * W.
+    ``dream_batch``: images of one dreaming iteration; ``pixels``: H * W;
+    ``pool_mb``: the replay pool training holds throughout (:func:`pool_mb`).
     Raises MemoryBudgetError (naming the budget, what is held and the
     least the update needs) when even ``MIN_MICRO_BATCH`` cannot fit.
     """
@@ -76,10 +87,10 @@ def plan_memory(
         return MemoryPlan(max_memory_mb, held_mb, None, None)
     scale = pixels / REFERENCE_PIXELS
     headroom = max_memory_mb - held_mb
-    train = _fit(headroom, TRAIN_FIXED_MB, TRAIN_MB_PER_ROW * scale, train_rows)
+    train = _fit(headroom, TRAIN_FIXED_MB + pool_mb, TRAIN_MB_PER_ROW * scale, train_rows)
     dream = _fit(headroom, DREAM_FIXED_MB, DREAM_MB_PER_IMAGE * scale, dream_batch)
     if train == 0 or dream == 0:
-        need = held_mb + max(TRAIN_FIXED_MB + TRAIN_MB_PER_ROW * scale * MIN_MICRO_BATCH,
+        need = held_mb + max(TRAIN_FIXED_MB + pool_mb + TRAIN_MB_PER_ROW * scale * MIN_MICRO_BATCH,
                              DREAM_FIXED_MB + DREAM_MB_PER_IMAGE * scale * MIN_MICRO_BATCH)
         raise MemoryBudgetError(
             f"max_memory_mb={max_memory_mb:g} cannot hold this update: the process already holds {held_mb:.0f} MiB "

@@ -9,6 +9,7 @@ every update passes the same quality gate before it is committed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping, Protocol, Sequence
@@ -22,7 +23,7 @@ from abd_edge.data.adapters import as_labeled_images
 from abd_edge.errors import BundleError
 from abd_edge.auto_config import PAPER_DREAM_BATCH, auto_batch_size
 from abd_edge.learner import Learner
-from abd_edge.memory_budget import MemoryPlan, plan_memory
+from abd_edge.memory_budget import MemoryPlan, plan_memory, pool_mb
 
 NO_CAP = MemoryPlan(None, None, None, None)
 from abd_edge.resources import current_rss_bytes, release_memory
@@ -49,9 +50,11 @@ class UpdateBudget(Protocol):
     def validate(self) -> None: ...
 
 
-def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPlan | None = None) -> dict[str, Any]:
+def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPlan | None = None,
+                     n_images: int | None = None) -> dict[str, Any]:
     """The ``Learner.reconfigure`` settings a budget stands for: later-task epochs and batch, dreaming iterations,
-    the replay pool, and the micro-batches of a memory ``plan`` (:func:`memory_plan`).
+    the replay pool (with ``n_images``: at most one batch per training step), and the micro-batches of a memory
+    ``plan`` (:func:`memory_plan`).
 
     The one place a budget becomes a learner configuration (the device
     update and the simulation's engine comparison both use it).
@@ -61,8 +64,10 @@ def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPl
                                 micro_batch=plan.train_micro_batch if plan else config.later_tasks.micro_batch)
     dream = dataclasses.replace(config.dream, iterations=budget.dream_iterations,
                                 micro_batch=plan.dream_micro_batch if plan else config.dream.micro_batch)
-    pool = budget.replay_pool_batches
-    return {"later_tasks": later, "dream": dream, "replay_pool_batches": config.replay_pool_batches if pool is None else pool}
+    pool = config.replay_pool_batches if budget.replay_pool_batches is None else budget.replay_pool_batches
+    if n_images is not None and isinstance(later.batch_size, int):  # never more batches than the update will replay
+        pool = min(pool, later.epochs * math.ceil(n_images / later.batch_size))
+    return {"later_tasks": later, "dream": dream, "replay_pool_batches": pool}
 
 
 def memory_plan(learner: Learner, budget: UpdateBudget, n_images: int, replays: bool) -> MemoryPlan:
@@ -79,9 +84,11 @@ def memory_plan(learner: Learner, budget: UpdateBudget, n_images: int, replays: 
     batch = budget.batch_size or cfg.later_tasks.batch_size
     batch = auto_batch_size(n_images) if not isinstance(batch, int) else batch
     dream_batch = cfg.dream.batch_size if isinstance(cfg.dream.batch_size, int) else PAPER_DREAM_BATCH
-    _c, h, w = learner.input_shape or (1, 32, 32)
+    c, h, w = learner.input_shape or (1, 32, 32)
+    pool = cfg.replay_pool_batches if budget.replay_pool_batches is None else budget.replay_pool_batches
     return plan_memory(budget.max_memory_mb, None if held is None else held / 2**20,
-                       train_rows=batch * (2 if replays else 1), dream_batch=dream_batch, pixels=h * w)
+                       train_rows=batch * (2 if replays else 1), dream_batch=dream_batch, pixels=h * w,
+                       pool_mb=pool_mb(pool * batch, c, h * w) if replays else 0.0)
 
 
 @dataclass
@@ -139,7 +146,7 @@ def update_bundle(
         if method:
             learner.reconfigure(method=method)
         plan = memory_plan(learner, budget, len(data), learner.method.uses_replay)  # MemoryBudgetError: nothing changed
-        learner.reconfigure(**budget_overrides(learner.config, budget, plan))
+        learner.reconfigure(**budget_overrides(learner.config, budget, plan, n_images=len(data)))
         threads_before = torch.get_num_threads()
         if budget.threads is not None:
             torch.set_num_threads(budget.threads)

@@ -71,8 +71,9 @@ class DeviceBudget:
     time_budget_s: float | None = None
     privacy: Any = None  # a PrivacyConfig (or its dict): DP updates; its epochs/batch_size/lr, if set, replace the above
     max_memory_mb: float | None = None
-    # Dreamed replay drawn once as this many batches and reused (ReplaySampler); None: the bundle's setting.
-    replay_pool_batches: int | None = None
+    # Dreamed replay drawn once as this many batches and reused (ReplaySampler); None: the bundle's setting (0: fresh
+    # draws every step, the paper). 32: a cifar10 update's training 2.2x faster at equal accuracy (docs/DEPLOYMENT.md).
+    replay_pool_batches: int | None = 32
 
     def validate(self) -> None:
         if self.epochs < 1:

@@ -44,13 +44,15 @@ def test_max_memory_mb_accepts_none_and_positive_numbers(good):
 
 
 def test_plan_takes_the_largest_micro_batches_that_fit():
-    held, cap = 700.0, 1024.0
+    held, cap = 600.0, 1024.0
     plan = plan_memory(cap, held, train_rows=256, dream_batch=128, pixels=32 * 32)
     assert plan.train_micro_batch == math.floor((cap - held - TRAIN_FIXED_MB) / TRAIN_MB_PER_ROW)
     assert plan.dream_micro_batch == math.floor((cap - held - DREAM_FIXED_MB) / DREAM_MB_PER_IMAGE)
     roomy = plan_memory(10_000, held, train_rows=256, dream_batch=128, pixels=32 * 32)
     assert (roomy.train_micro_batch, roomy.dream_micro_batch) == (None, None)  # whole batches fit
     assert plan_memory(None, held, train_rows=256, dream_batch=128, pixels=1024) == MemoryPlan(None, held, None, None)
+    pooled = plan_memory(cap, held, train_rows=256, dream_batch=128, pixels=32 * 32, pool_mb=50.0)
+    assert pooled.train_micro_batch == math.floor((cap - held - TRAIN_FIXED_MB - 50.0) / TRAIN_MB_PER_ROW)
     # 16x16 images cost a quarter per image: larger micro-batches fit in the same memory
     small = plan_memory(cap, held, train_rows=256, dream_batch=128, pixels=16 * 16)
     assert small.dream_micro_batch > plan.dream_micro_batch
