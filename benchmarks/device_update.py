@@ -116,7 +116,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     with np.load(spec["cache"]) as f:
         acc = device.evaluate(f["test_x"], [int(c) for c in f["test_y"]])
     return {
-        "variant": v, "accuracy": acc, "seconds": rep.seconds_total, "seconds_train": rep.seconds_train,
+        "variant": {**v, "pool": budget.replay_pool_batches}, "accuracy": acc, "seconds": rep.seconds_total, "seconds_train": rep.seconds_train,
         "seconds_dream": rep.seconds_dream, "seconds_export": rep.seconds_export, "peak_rss_mb": rep.peak_rss_mb,
         "held_mb_at_start": rep.memory.get("held_mb"), "memory_plan": rep.memory, "budget_respected": rep.budget_respected,
         "train_accuracy": rep.train_accuracy, "stopped_early": rep.stopped_early, "threads": spec["threads"],

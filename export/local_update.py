@@ -85,7 +85,7 @@ def memory_plan(learner: Learner, budget: UpdateBudget, n_images: int, replays: 
     batch = auto_batch_size(n_images) if not isinstance(batch, int) else batch
     dream_batch = cfg.dream.batch_size if isinstance(cfg.dream.batch_size, int) else PAPER_DREAM_BATCH
     c, h, w = learner.input_shape or (1, 32, 32)
-    pool = cfg.replay_pool_batches if budget.replay_pool_batches is None else budget.replay_pool_batches
+    pool = budget_overrides(cfg, budget, n_images=n_images)["replay_pool_batches"]
     return plan_memory(budget.max_memory_mb, None if held is None else held / 2**20,
                        train_rows=batch * (2 if replays else 1), dream_batch=dream_batch, pixels=h * w,
                        pool_mb=pool_mb(pool * batch, c, h * w) if replays else 0.0)

@@ -53,9 +53,10 @@ def test_plan_takes_the_largest_micro_batches_that_fit():
     assert plan_memory(None, held, train_rows=256, dream_batch=128, pixels=1024) == MemoryPlan(None, held, None, None)
     pooled = plan_memory(cap, held, train_rows=256, dream_batch=128, pixels=32 * 32, pool_mb=50.0)
     assert pooled.train_micro_batch == math.floor((cap - held - TRAIN_FIXED_MB - 50.0) / TRAIN_MB_PER_ROW)
+    assert pooled.dream_micro_batch == math.floor((cap - held - DREAM_FIXED_MB - 50.0) / DREAM_MB_PER_IMAGE)
     # 16x16 images cost a quarter per image: larger micro-batches fit in the same memory
     small = plan_memory(cap, held, train_rows=256, dream_batch=128, pixels=16 * 16)
-    assert small.dream_micro_batch > plan.dream_micro_batch
+    assert small.dream_micro_batch is None and plan.dream_micro_batch < 128
 
 
 def test_plan_refuses_a_budget_below_what_is_held():
@@ -144,7 +145,7 @@ def test_update_applies_the_budget_and_exports_no_micro_batches(bundle, tmp_path
     scale = 8 * 8 / 1024
     # pretend the process holds all but enough for dreaming micro-batches of 9 (of 16)
     monkeypatch.setattr(lu, "current_rss_bytes", lambda: int((10_000 - DREAM_FIXED_MB - 9.5 * DREAM_MB_PER_IMAGE * scale) * 2**20))
-    upd = update_bundle(store, make_task([2, 3], seed=1), budget=DeviceBudget(epochs=1, dream_iterations=2, max_memory_mb=10_000),
+    upd = update_bundle(store, make_task([2, 3], seed=1), budget=DeviceBudget(epochs=1, dream_iterations=2, max_memory_mb=10_000, replay_pool_batches=0),
                         gate=QualityGate(enabled=False))
     assert upd.memory.dream_micro_batch == 9 and upd.memory.train_micro_batch is None
     assert upd.learn.dream_iterations == 2
