@@ -107,8 +107,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     x = np.ascontiguousarray(x)
     labels = [int(c) for c in y]
     device = runtime.open(spec["bundle"])
+    pool = {} if v.get("pool") is None else {"replay_pool_batches": v["pool"]}  # unset: DeviceBudget's default
     budget = DeviceBudget(epochs=v["epochs"], dream_iterations=v["dream"], batch_size=v["batch"],
-                          threads=spec["threads"], max_memory_mb=v["mem"], replay_pool_batches=v.get("pool"))
+                          threads=spec["threads"], max_memory_mb=v["mem"], **pool)
     load_before = os.getloadavg()
     rep = device.learn_new_classes((x, labels), budget=budget)
     load_after = os.getloadavg()
@@ -116,7 +117,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     with np.load(spec["cache"]) as f:
         acc = device.evaluate(f["test_x"], [int(c) for c in f["test_y"]])
     return {
-        "variant": {**v, "pool": budget.replay_pool_batches}, "accuracy": acc, "seconds": rep.seconds_total, "seconds_train": rep.seconds_train,
+        # the pool as run (None: the bundle's, 0 here)
+        "variant": {**v, "pool": budget.replay_pool_batches}, "accuracy": acc,
+        "seconds": rep.seconds_total, "seconds_train": rep.seconds_train,
         "seconds_dream": rep.seconds_dream, "seconds_export": rep.seconds_export, "peak_rss_mb": rep.peak_rss_mb,
         "held_mb_at_start": rep.memory.get("held_mb"), "memory_plan": rep.memory, "budget_respected": rep.budget_respected,
         "train_accuracy": rep.train_accuracy, "stopped_early": rep.stopped_early, "threads": spec["threads"],

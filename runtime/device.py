@@ -47,7 +47,8 @@ class DeviceBudget:
 
     One epoch over the local data and 40 dreaming iterations fold a
     cifar10-5x2 task (10,000 images of 2 classes) into the model in about
-    five minutes on 2 CPU cores (see docs/DEPLOYMENT.md for the measurement).
+    2.5 minutes on one core of a loaded 2-core machine (bf16; see
+    docs/DEPLOYMENT.md, "The device budget").
     ``time_budget_s`` stops training (and then dreaming) early when reached;
     the report says so.
 
@@ -72,8 +73,8 @@ class DeviceBudget:
     privacy: Any = None  # a PrivacyConfig (or its dict): DP updates; its epochs/batch_size/lr, if set, replace the above
     max_memory_mb: float | None = None
     # Dreamed replay drawn once as this many batches and reused (ReplaySampler); None: the bundle's setting (0: fresh
-    # draws every step, the paper). 32: a cifar10 update's training 2.2x faster at equal accuracy (docs/DEPLOYMENT.md).
-    replay_pool_batches: int | None = 32
+    # draws every step, the paper). 32 on cifar10: training 20% faster, +120 MiB (docs/DEPLOYMENT.md); not the default.
+    replay_pool_batches: int | None = None
 
     def validate(self) -> None:
         if self.epochs < 1:

@@ -65,8 +65,7 @@ def default_budget(dataset: str) -> "Any":
 
     if dataset == "digits":
         # a few hundred 8x8 images per step: more epochs at a small batch give enough SGD steps
-        # and fresh dreamed replay every step (the pool default was measured on cifar10 only)
-        return DeviceBudget(epochs=12, dream_iterations=60, replay_pool_batches=None)
+        return DeviceBudget(epochs=12, dream_iterations=60)
     return DeviceBudget()
 
 
