@@ -61,8 +61,9 @@ class DeviceBudget:
     report gives the measured peak and whether it stayed within the cap.
     None (the default): no cap, whole batches. No default cap because what a
     process holds before an update (the torch build, the app's own data)
-    is the app's, not the library's, to know; a device app sets it (1024 MiB
-    fits the cifar10 update of docs/DEPLOYMENT.md).
+    is the app's, not the library's, to know; a device app sets it (1,400 MiB
+    held the cifar10 update of docs/DEPLOYMENT.md with the torch CUDA wheel;
+    1,150 was refused before training).
     """
 
     epochs: int = 1
