@@ -28,6 +28,11 @@ def _is_auto(value: Any) -> bool:
     return isinstance(value, str) and value == AUTO
 
 
+def _check_micro_batch(value: Any, where: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+        raise ConfigError(f"{where} must be None (whole batches) or an int >= 2 (BatchNorm needs 2), got {value!r}")
+
+
 @dataclass
 class TrainConfig:
     """SGD schedule of one learning phase (the first task, or a later one)."""
@@ -43,10 +48,14 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     # Global gradient-norm clip (engine.TrainingSetup.step); None: off (the paper). auto: on for small tasks (auto_config.py).
     grad_clip_norm: float | None | Auto = AUTO
+    # Rows per forward/backward pass; a step accumulates the gradients of its micro-batches (same effective
+    # batch, less activation memory: a device's memory budget sets it). None: the whole batch at once.
+    micro_batch: int | None = None
 
     def validate(self, where: str) -> None:
         if self.epochs < 1:
             raise ConfigError(f"{where}.epochs must be >= 1, got {self.epochs}")
+        _check_micro_batch(self.micro_batch, f"{where}.micro_batch")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"{where}.lr must be a positive finite number, got {self.lr}")
         if not _is_auto(self.batch_size) and (
@@ -86,10 +95,14 @@ class DreamConfig:
     blur_sigma: float = 1.0
     blur_size: int = 5
     keep_optimizer: bool = True
+    # Images per generator forward/backward pass, gradients accumulated over the batch (see TrainConfig).
+    # The batch-level terms (BN statistics, class balance) are then measured per micro-batch.
+    micro_batch: int | None = None
 
     def validate(self) -> None:
         if self.iterations < 0:
             raise ConfigError(f"dream.iterations must be >= 0, got {self.iterations}")
+        _check_micro_batch(self.micro_batch, "dream.micro_batch")
         if not _is_auto(self.batch_size) and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 2
         ):

@@ -23,6 +23,7 @@ from torch.profiler import record_function
 
 from .collective import Collective, batch_mean_var, synced_batchnorm
 from .config import DreamConfig
+from .microbatch import row_chunks
 from .models.generator import Generator
 from .progress import progress
 
@@ -139,6 +140,14 @@ class DreamLosses:
     bn: torch.Tensor
     smooth: torch.Tensor
 
+    @classmethod
+    def weighted(cls, parts: "list[tuple[float, DreamLosses]]") -> "DreamLosses":
+        """The batch's losses from its micro-batches' (weights: their shares of the batch), detached."""
+        if len(parts) == 1:
+            return parts[0][1]
+        names = ("total", "content", "balance", "bn", "smooth")
+        return cls(*(sum(w * getattr(p, n).detach() for w, p in parts) for n in names))  # type: ignore[arg-type]
+
     def as_floats(self) -> dict[str, float]:
         return {k: float(getattr(self, k).detach()) for k in ("total", "content", "balance", "bn", "smooth")}
 
@@ -214,20 +223,25 @@ def train_generator(
             bar = progress(range(iterations), desc="dreaming", enabled=show_progress)
             for it in bar:
                 z = generator.sample_latent(batch, rng)
-                with _autocast(autocast):
-                    with record_function("abd.dream_generator"):
-                        x = generator(z)
-                    with record_function("abd.dream_classifier"):
-                        logits = classifier(x.contiguous(memory_format=memory_format))[:, :n_classes]
-                with record_function("abd.dream_losses"):
-                    losses = inversion_losses(x, logits, hooks.pop_loss(), cfg, kernel, collective)
                 optimizer.zero_grad(set_to_none=True)
-                with record_function("abd.dream_backward"):
-                    if collective is None:
-                        losses.total.backward()
-                    else:  # equal shards: this rank's share of the global loss, gradients summed over ranks
-                        (losses.total / collective.world).backward()
-                        collective.sum_gradients(generator.parameters())
+                parts: list[tuple[float, DreamLosses]] = []
+                for a, b in row_chunks(batch, cfg.micro_batch):  # one slice unless a memory budget asks for more
+                    share = (b - a) / batch
+                    with _autocast(autocast):
+                        with record_function("abd.dream_generator"):
+                            x = generator(z[a:b])
+                        with record_function("abd.dream_classifier"):
+                            logits = classifier(x.contiguous(memory_format=memory_format))[:, :n_classes]
+                    with record_function("abd.dream_losses"):
+                        chunk = inversion_losses(x, logits, hooks.pop_loss(), cfg, kernel, collective)
+                    with record_function("abd.dream_backward"):
+                        # equal shards with a collective: this rank's share of the global loss
+                        (chunk.total * (share / (collective.world if collective is not None else 1))).backward()
+                    parts.append((share, chunk))
+                    del x, logits
+                losses = DreamLosses.weighted(parts)
+                if collective is not None:  # gradients summed over ranks
+                    collective.sum_gradients(generator.parameters())
                 with record_function("abd.dream_optimizer"):
                     optimizer.step()
                 done = it + 1
@@ -278,6 +292,13 @@ class ReplayBatch:
     old_logits: torch.Tensor
     old_features: torch.Tensor
 
+    def rows(self, start: int, end: int) -> "ReplayBatch":
+        """Rows ``[start, end)`` of every field (one micro-batch's share)."""
+        if start == 0 and end == self.images.shape[0]:
+            return self
+        return ReplayBatch(self.images[start:end], self.labels[start:end], self.old_logits[start:end],
+                           self.old_features[start:end])
+
 
 class ReplaySampler:
     """Samples dreamed images for the old classes, labelled by the previous classifier.
@@ -301,7 +322,9 @@ class ReplaySampler:
         batch_size: int = 128,
         memory_format: torch.memory_format = torch.contiguous_format,
         autocast: AutocastSpec | None = None,
+        micro_batch: int | None = None,
     ) -> None:
+        self.micro_batch = micro_batch  # images per generator pass when drawing (a memory budget's)
         self.generator = generator
         self.old_model = old_model
         self.n_old = n_old
@@ -319,11 +342,15 @@ class ReplaySampler:
     def _draw(self, n: int) -> ReplayBatch:
         self.generator.eval()
         self.old_model.eval()
-        with _autocast(self.autocast):
-            x = self.generator(self.generator.sample_latent(n, self.rng)).contiguous(memory_format=self.memory_format)
-            logits, feats = self.old_model.forward_with_features(x)  # type: ignore[operator]
-        logits = logits[:, : self.n_old].float()
-        return ReplayBatch(x.float(), logits.argmax(dim=1), logits, feats.float())
+        z = self.generator.sample_latent(n, self.rng)
+        parts = []
+        for a, b in row_chunks(n, self.micro_batch):  # eval mode: slices give the same images as one pass
+            with _autocast(self.autocast):
+                x = self.generator(z[a:b]).contiguous(memory_format=self.memory_format)
+                logits, feats = self.old_model.forward_with_features(x)  # type: ignore[operator]
+            parts.append((x.float(), logits[:, : self.n_old].float(), feats.float()))
+        x, logits, feats = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
+        return ReplayBatch(x, logits.argmax(dim=1), logits, feats)
 
     def sample(self, n: int) -> ReplayBatch:
         if self._pool is None:

@@ -24,6 +24,7 @@ from .data.augment import BatchAugment, to_unit_float
 from .dreaming import AutocastSpec, ReplayBatch, ReplaySampler, _autocast
 from .errors import TrainingDivergedError
 from .methods.base import Method, StepOutputs, TaskContext
+from .microbatch import proportional_chunks
 from .models.resnet import CifarResNet
 from .progress import progress
 
@@ -136,16 +137,17 @@ class TrainingSetup:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: BatchSource,
-                 clip_norm: float | None = None) -> None:
+                 clip_norm: float | None = None, micro_batch: int | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
         self.batches = batches
         self.clip_norm = clip_norm
+        self.micro_batch = micro_batch  # rows per forward/backward pass (abd_edge/microbatch.py); None: all
 
     @classmethod
     def plain(cls, model: nn.Module, n: int, cfg: TrainConfig, device: torch.device) -> "TrainingSetup":
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        return cls(model, optimizer, ShuffledBatches(n, cfg.batch_size, device), clip_norm(cfg))
+        return cls(model, optimizer, ShuffledBatches(n, cfg.batch_size, device), clip_norm(cfg), cfg.micro_batch)
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()
@@ -168,19 +170,33 @@ class TrainingSetup:
     def step(
         self, run: RunStep, method: Method, ctx: TaskContext, x: torch.Tensor, y: torch.Tensor, replay: "ReplayBatch | None"
     ) -> dict[str, torch.Tensor]:
-        """One update from one real batch (and its dreamed batch); returns the loss terms to report."""
-        out = run(x, y, replay)
-        with record_function("abd.loss"):
-            loss, parts = method.loss(ctx, out)
-        self.optimizer.zero_grad(set_to_none=True)
-        with record_function("abd.backward"):
-            self.backward(loss, x)
+        """One update from one real batch (and its dreamed batch); returns the loss terms to report.
+
+        With ``micro_batch`` the real and dreamed rows are cut into slices in
+        the same proportions, each slice's loss weighted by its share of the
+        rows, and the gradients accumulated before the one optimizer step.
+        """
+        n_replay = replay.images.shape[0] if replay is not None else 0
+        total = x.shape[0] + n_replay
+        reported: dict[str, torch.Tensor] = {}
+        for (a0, a1), (b0, b1) in proportional_chunks(x.shape[0], n_replay, self.micro_batch):
+            share = ((a1 - a0) + (b1 - b0)) / total
+            xs = x[a0:a1]
+            out = run(xs, y[a0:a1], replay.rows(b0, b1) if replay is not None else None)
+            with record_function("abd.loss"):
+                loss, parts = method.loss(ctx, out)
+            if not reported:  # after the first forward pass, as before micro-batches (Opacus keeps its order)
+                self.optimizer.zero_grad(set_to_none=True)
+            with record_function("abd.backward"):
+                self.backward(loss if share == 1 else loss * share, xs)
+            for k, v in {"loss": loss, **parts}.items():
+                reported[k] = reported.get(k, 0.0) + v.detach() * share
         with record_function("abd.optimizer"):
             if self.clip_norm is not None:
                 # Why: on small tasks the first steps of a fresh or grown network blow the weights up (auto_config.py).
                 torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.clip_norm)
             self.optimizer.step()
-        return {"loss": loss, **parts}
+        return reported
 
     def backward(self, loss: torch.Tensor, x: torch.Tensor) -> None:
         """Gradients of one step's loss (``x``: the step's inputs, for setups that weight by batch share)."""

@@ -93,3 +93,10 @@ class ManifestFieldError(BundleIntegrityError):
         shown = "missing" if got == "missing" else f"{got!r:.80}"
         super().__init__(f"{where}: field {field!r} is {shown}, expected {expected}")
         self.where, self.field, self.got, self.expected = where, field, got, expected
+
+
+class MemoryBudgetError(ConfigError):
+    """A device update cannot fit ``DeviceBudget.max_memory_mb``: the process already holds too much of it.
+
+    Raised before anything is trained or written, so the bundle is unchanged.
+    """

@@ -29,6 +29,7 @@ from .methods import TaskContext, build_method
 from .models.generator import Generator
 from .models.resnet import CifarResNet
 from .registry import ClassRegistry, resolve_names
+from .resources import release_memory
 from .reports import LearnReport, NewClassesNotLearnedWarning, Prediction, warn_about
 
 __all__ = ["Learner", "LearnReport", "NewClassesNotLearnedWarning", "Prediction"]
@@ -252,7 +253,7 @@ class Learner:
                 replay = ReplaySampler(
                     gen, old_frozen, n_old, rng,
                     pool_batches=cfg.replay_pool_batches, batch_size=tcfg.batch_size,
-                    memory_format=self._memory_format, autocast=self._autocast,
+                    memory_format=self._memory_format, autocast=self._autocast, micro_batch=tcfg.micro_batch,
                 )
             log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
             private = plan is not None and plan.config.private
@@ -272,11 +273,12 @@ class Learner:
                 train_acc = None
                 probe_x = probe_y = None
             else:
-                train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng)
+                train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng, batch_size=tcfg.micro_batch or 512)
                 # A few of this call's images (in locals only, dropped at return) to compare the dreams' spread with.
                 probe = torch.arange(0, images.shape[0], max(1, images.shape[0] // 512), device=images.device)[:512]
                 probe_x, probe_y = normalizer(to_unit_float(images[probe])), label_idx[probe]
             del images
+            release_memory()  # what training freed goes back to the system before dreaming allocates its own
             dream_report = DreamReport(0, 0.0, {}, {})
             diversity = None
             if dream and self.method.uses_replay and gen is not None and gen_opt is not None and cfg.dream.iterations > 0:
@@ -288,6 +290,7 @@ class Learner:
                 diversity = measure_diversity(
                     gen, model, n_seen, self._seeded_generator(task_index, salt=3),
                     real_images=probe_x, real_labels=probe_y, memory_format=self._memory_format,
+                    batch_size=cfg.dream.micro_batch or 256,
                 )
         finally:
             if old_frozen is not None:
@@ -364,13 +367,13 @@ class Learner:
 
     def _accuracy_on(
         self, model: CifarResNet, normalizer: Normalizer, images: torch.Tensor, labels: torch.Tensor, n_seen: int,
-        rng: torch.Generator,
+        rng: torch.Generator, batch_size: int = 512,
     ) -> float:
         cap = self.config.train_eval_max_images
         if cap is not None and images.shape[0] > cap:
             idx = torch.randperm(images.shape[0], generator=rng, device=rng.device)[:cap].to(images.device)
             images, labels = images[idx], labels[idx]
-        logits = predict_logits(model, images, normalizer, n_seen, self.device,
+        logits = predict_logits(model, images, normalizer, n_seen, self.device, batch_size=batch_size,
                                 memory_format=self._memory_format, autocast=self._predict_autocast)
         return float((logits.argmax(1) == labels.cpu()).float().mean())
 

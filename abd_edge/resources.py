@@ -8,6 +8,9 @@ and falls back to ``ru_maxrss`` where /proc is absent.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import resource
 import threading
@@ -21,6 +24,32 @@ def current_rss_bytes() -> int | None:
         return pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc ``malloc_trim``).
+
+    Freed tensors otherwise stay in the process's heap, so each phase of an
+    update (training, then dreaming, then export) would add its peak on top
+    of the last one's; a no-op where glibc is absent.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> "ctypes._CFuncPtr | None":
+    global _TRIM
+    if _TRIM is False:
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = None
+    return _TRIM  # type: ignore[return-value]
+
+
+_TRIM: "ctypes._CFuncPtr | None | bool" = False
 
 
 def max_rss_bytes() -> int:

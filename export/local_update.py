@@ -9,6 +9,7 @@ every update passes the same quality gate before it is committed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping, Protocol, Sequence
@@ -20,13 +21,18 @@ from abd_edge.bundle_store import BundleStore
 from abd_edge.config import LearnerConfig
 from abd_edge.data.adapters import as_labeled_images
 from abd_edge.errors import BundleError
+from abd_edge.auto_config import PAPER_DREAM_BATCH, auto_batch_size
 from abd_edge.learner import Learner
+from abd_edge.memory_budget import MemoryPlan, plan_memory, pool_mb
+
+NO_CAP = MemoryPlan(None, None, None, None)
+from abd_edge.resources import current_rss_bytes, release_memory
 from abd_edge.reports import LearnReport
 
 from .bundle import export_bundle
 from .quality import QualityGate, check_update, dream_old_classes
 
-__all__ = ["UpdateBudget", "LocalUpdate", "budget_overrides", "update_bundle"]
+__all__ = ["UpdateBudget", "LocalUpdate", "budget_overrides", "memory_plan", "update_bundle"]
 
 
 class UpdateBudget(Protocol):
@@ -37,20 +43,52 @@ class UpdateBudget(Protocol):
     batch_size: int | None
     threads: int | None
     time_budget_s: float | None
+    max_memory_mb: float | None
+    replay_pool_batches: int | None
     privacy: Any  # a PrivacyConfig or None
 
     def validate(self) -> None: ...
 
 
-def budget_overrides(config: LearnerConfig, budget: UpdateBudget) -> dict[str, Any]:
-    """The ``Learner.reconfigure`` settings a budget stands for: later-task epochs and batch, dreaming iterations.
+def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPlan | None = None,
+                     n_images: int | None = None) -> dict[str, Any]:
+    """The ``Learner.reconfigure`` settings a budget stands for: later-task epochs and batch, dreaming iterations,
+    the replay pool (with ``n_images``: at most one batch per training step), and the micro-batches of a memory
+    ``plan`` (:func:`memory_plan`).
 
     The one place a budget becomes a learner configuration (the device
     update and the simulation's engine comparison both use it).
     """
     later = dataclasses.replace(config.later_tasks, epochs=budget.epochs,
-                                batch_size=budget.batch_size or config.later_tasks.batch_size)
-    return {"later_tasks": later, "dream": dataclasses.replace(config.dream, iterations=budget.dream_iterations)}
+                                batch_size=budget.batch_size or config.later_tasks.batch_size,
+                                micro_batch=plan.train_micro_batch if plan else config.later_tasks.micro_batch)
+    dream = dataclasses.replace(config.dream, iterations=budget.dream_iterations,
+                                micro_batch=plan.dream_micro_batch if plan else config.dream.micro_batch)
+    pool = config.replay_pool_batches if budget.replay_pool_batches is None else budget.replay_pool_batches
+    if n_images is not None and isinstance(later.batch_size, int):  # never more batches than the update will replay
+        pool = min(pool, later.epochs * math.ceil(n_images / later.batch_size))
+    return {"later_tasks": later, "dream": dream, "replay_pool_batches": pool}
+
+
+def memory_plan(learner: Learner, budget: UpdateBudget, n_images: int, replays: bool) -> MemoryPlan:
+    """The micro-batches that fit ``budget.max_memory_mb`` on top of what this process holds now.
+
+    Called with the learner loaded (and the C heap trimmed), so what is held
+    includes the process, the local data and the learner's state.
+    """
+    if budget.max_memory_mb is None:
+        return NO_CAP
+    release_memory()
+    held = current_rss_bytes()
+    cfg = learner.config
+    batch = budget.batch_size or cfg.later_tasks.batch_size
+    batch = auto_batch_size(n_images) if not isinstance(batch, int) else batch
+    dream_batch = cfg.dream.batch_size if isinstance(cfg.dream.batch_size, int) else PAPER_DREAM_BATCH
+    c, h, w = learner.input_shape or (1, 32, 32)
+    pool = budget_overrides(cfg, budget, n_images=n_images)["replay_pool_batches"]
+    return plan_memory(budget.max_memory_mb, None if held is None else held / 2**20,
+                       train_rows=batch * (2 if replays else 1), dream_batch=dream_batch, pixels=h * w,
+                       pool_mb=pool_mb(pool * batch, c, h * w) if replays else 0.0)
 
 
 @dataclass
@@ -62,6 +100,7 @@ class LocalUpdate:
     quality: dict[str, Any]  # the quality gate's measurements
     export: dict[str, Any]  # export_bundle's result: version, bytes, files, manifest, ...
     seconds_export: float
+    memory: MemoryPlan  # the micro-batches the memory budget chose
 
     @property
     def version(self) -> str:
@@ -104,7 +143,10 @@ def update_bundle(
             )
         # store.read() has just hashed every file of this immutable version, learner/ included.
         learner = Learner.load(store.version_dir(parent) / LEARNER_DIR, device="cpu", hashes=False)
-        learner.reconfigure(**budget_overrides(learner.config, budget), **({"method": method} if method else {}))
+        if method:
+            learner.reconfigure(method=method)
+        plan = memory_plan(learner, budget, len(data), learner.method.uses_replay)  # MemoryBudgetError: nothing changed
+        learner.reconfigure(**budget_overrides(learner.config, budget, plan, n_images=len(data)))
         threads_before = torch.get_num_threads()
         if budget.threads is not None:
             torch.set_num_threads(budget.threads)
@@ -125,6 +167,9 @@ def update_bundle(
         finally:
             torch.set_num_threads(threads_before)
         del data
+        release_memory()  # training's and dreaming's freed memory back to the system before the export allocates
+        # The plan fitted this device's memory at this moment; the exported learner's config does not keep it.
+        learner.reconfigure(**budget_overrides(learner.config, budget, NO_CAP))
         fault_point("update_trained")
         t_export = time.perf_counter()
         summary = {
@@ -141,4 +186,4 @@ def update_bundle(
         }
         info = export_bundle(learner, store, summary=summary, quantize=quantize, sign_key=sign_key,
                              generator_onnx=GENERATOR_ONNX in manifest["files"])  # keep the bundle's shape
-        return LocalUpdate(parent, rep, quality, info, time.perf_counter() - t_export)
+        return LocalUpdate(parent, rep, quality, info, time.perf_counter() - t_export, plan)

@@ -26,6 +26,7 @@ from abd_edge.bundle_schema import LEARNER_DIR, Manifest, session_options
 from abd_edge.bundle_store import BundleStore
 from abd_edge.errors import BundleError, BundleIntegrityError, ConfigError, LabelError, NotFittedError
 from abd_edge.extras import require
+from abd_edge.memory_budget import check_max_memory_mb
 from abd_edge.onnx_compat import check_onnxruntime, open_session
 from abd_edge.resources import PeakRSS
 from abd_edge.signing import verify_version
@@ -46,9 +47,23 @@ class DeviceBudget:
 
     One epoch over the local data and 40 dreaming iterations fold a
     cifar10-5x2 task (10,000 images of 2 classes) into the model in about
-    five minutes on 2 CPU cores (see docs/DEPLOYMENT.md for the measurement).
+    2.5 minutes on one core of a loaded 2-core machine (bf16; see
+    docs/DEPLOYMENT.md, "The device budget").
     ``time_budget_s`` stops training (and then dreaming) early when reached;
     the report says so.
+
+    ``max_memory_mb`` caps the update's peak resident memory (the whole
+    process's, in MiB): training and dreaming then run their batches in
+    micro-batches with gradients accumulated (same effective batch), sized
+    from what the process holds when the update starts
+    (abd_edge/memory_budget.py). An update that cannot fit even small
+    micro-batches raises MemoryBudgetError before anything changes; the
+    report gives the measured peak and whether it stayed within the cap.
+    None (the default): no cap, whole batches. No default cap because what a
+    process holds before an update (the torch build, the app's own data)
+    is the app's, not the library's, to know; a device app sets it (1,400 MiB
+    held the cifar10 update of docs/DEPLOYMENT.md with the torch CUDA wheel;
+    1,150 was refused before training).
     """
 
     epochs: int = 1
@@ -57,6 +72,10 @@ class DeviceBudget:
     threads: int | None = None
     time_budget_s: float | None = None
     privacy: Any = None  # a PrivacyConfig (or its dict): DP updates; its epochs/batch_size/lr, if set, replace the above
+    max_memory_mb: float | None = None
+    # Dreamed replay drawn once as this many batches and reused (ReplaySampler); None: the bundle's setting (0: fresh
+    # draws every step, the paper). 32 on cifar10: training 20% faster, +120 MiB (docs/DEPLOYMENT.md); not the default.
+    replay_pool_batches: int | None = None
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -69,6 +88,10 @@ class DeviceBudget:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"time_budget_s must be positive, got {self.time_budget_s}")
+        check_max_memory_mb(self.max_memory_mb)
+        p = self.replay_pool_batches
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 0):
+            raise ConfigError(f"replay_pool_batches must be None (the bundle's) or an int >= 0, got {p!r}")
         if self.privacy is not None:
             from abd_edge.privacy.config import PrivacyConfig
 
@@ -99,6 +122,8 @@ class UpdateReport:
     privacy: dict[str, Any] | None = None
     learn: dict[str, Any] = field(default_factory=dict, repr=False)
     quality: dict[str, Any] = field(default_factory=dict)  # the quality gate's measurements
+    memory: dict[str, Any] = field(default_factory=dict)  # the memory budget's plan (micro-batches, MiB held at start)
+    budget_respected: bool | None = None  # peak_rss_mb <= budget.max_memory_mb; None without a cap
 
 
 class DeviceLearner:
@@ -262,6 +287,7 @@ class DeviceLearner:
                                 show_progress=show_progress)
         self._load(upd.version, upd.export["manifest"])  # verified by the commit, not hashed a third time
         rep = upd.learn
+        cap = upd.memory.max_memory_mb
         return UpdateReport(
             version=self.version,
             parent_version=upd.parent_version,
@@ -279,6 +305,8 @@ class DeviceLearner:
             privacy=rep.privacy,
             learn=rep.to_dict(),
             quality=upd.quality,
+            memory=upd.memory.to_dict(),
+            budget_respected=None if cap is None else peak.peak_mb <= cap,
         )
 
 

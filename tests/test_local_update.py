@@ -17,7 +17,13 @@ def test_budget_overrides_set_later_tasks_and_dreaming_only():
     o = budget_overrides(cfg, DeviceBudget(epochs=3, dream_iterations=7))
     assert o["later_tasks"].epochs == 3 and o["later_tasks"].batch_size == cfg.later_tasks.batch_size  # None: the learner's
     assert o["dream"].iterations == 7 and o["dream"].lr == cfg.dream.lr
-    assert o["later_tasks"].lr == cfg.later_tasks.lr and set(o) == {"later_tasks", "dream"}  # first task untouched
+    assert o["later_tasks"].lr == cfg.later_tasks.lr and set(o) == {"later_tasks", "dream", "replay_pool_batches"}  # first task untouched
+    assert o["replay_pool_batches"] == cfg.replay_pool_batches  # None: the bundle's own
+    assert budget_overrides(cfg, DeviceBudget(replay_pool_batches=6))["replay_pool_batches"] == 6
+    few = budget_overrides(cfg, DeviceBudget(epochs=2, batch_size=10, replay_pool_batches=6), n_images=25)
+    assert few["replay_pool_batches"] == 6  # 2 epochs x 3 steps
+    few = budget_overrides(cfg, DeviceBudget(epochs=1, batch_size=10, replay_pool_batches=6), n_images=25)
+    assert few["replay_pool_batches"] == 3  # no more batches than steps
     assert budget_overrides(cfg, DeviceBudget(batch_size=16))["later_tasks"].batch_size == 16
     assert cfg.later_tasks.epochs == 5  # the config itself is not changed
 
