@@ -1,0 +1,137 @@
+"""DP class-mean initialisation of a private update's new head rows (docs/PRIVACY.md, "Class-mean release").
+
+Why: a private update trains only the new classes' head rows on frozen
+features, and DP-SGD starts them from random He rows, so part of its
+budget and steps go into finding the classes at all. One Gaussian release of
+per-class sums of the local images' penultimate features (under the released,
+frozen backbone) and of per-class counts places each new row at its class's
+noisy mean, then DP-SGD fine-tunes from there.
+
+The mechanism: each local image ``i`` of class ``c`` contributes one vector
+``v_i`` with its feature clipped to norm ``C`` in class ``c``'s slot and
+the value ``C`` in class ``c``'s count entry, zeros elsewhere, so
+``||v_i|| <= sqrt(C^2 + C^2) = sqrt(2) C`` whatever the class: adding or
+removing one image moves the released sum by at most that (the joint L2
+sensitivity). Gaussian noise of standard deviation ``sigma * sqrt(2) C`` on
+every coordinate is the Gaussian mechanism with noise multiplier ``sigma``,
+which Opacus's accountants count as one step at sample rate 1; the update's
+DP-SGD steps compose with it in the same accountant. Everything after the
+release (means, row scaling, biases) is post-processing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..engine import to_unit_float
+from ..errors import PrivacyError
+
+SENSITIVITY_FACTOR = math.sqrt(2.0)  # L2 sensitivity of the released vector, in units of the clipping norm C
+
+
+@torch.no_grad()
+def penultimate_features(model: nn.Module, images: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor],
+                         batch_size: int = 512) -> torch.Tensor:
+    """Float32 penultimate features of un-augmented images under the frozen model (eval mode: BN statistics used, never updated)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model.forward_features(normalize(to_unit_float(images[i : i + batch_size]))).float()  # type: ignore[operator]
+               for i in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def public_feature_scale(model: nn.Module, generator: nn.Module | None, seed: int, n: int = 256, quantile: float = 0.95) -> float:
+    """A clipping norm from public inputs only: a high quantile of the feature norms of dreamed images.
+
+    The dreams come from the released generator through the released model,
+    so the choice of ``C`` depends on no local image. A high quantile keeps
+    clipping rare, so the clipped class means stay close to the raw means
+    whose geometry the linear rule below needs.
+    """
+    if generator is None:
+        raise PrivacyError("mean initialisation needs a clipping norm: this learner has no generator to take a public "
+                           "feature scale from; set PrivacyConfig(mean_init_clip=...) or mean_init_fraction=0")
+    was = generator.training, model.training
+    generator.eval()
+    model.eval()
+    try:
+        device = next(generator.parameters()).device
+        g = torch.Generator(device=device).manual_seed(seed)
+        feats = model.forward_features(generator.sample(n, generator=g)).float()  # type: ignore[operator]
+    finally:
+        generator.train(was[0])
+        model.train(was[1])
+    return float(feats.norm(dim=1).quantile(quantile))
+
+
+def clipped_class_sums(features: torch.Tensor, classes: torch.Tensor, n_classes: int, clip: float) -> torch.Tensor:
+    """Sum over images of ``v_i``: row ``c`` = [sum of clipped features of class c, C * count of class c].
+
+    ``classes`` are 0-based within the update's new classes. Each image's
+    ``v_i`` has norm at most ``sqrt(2) * clip`` (its clipped feature and the
+    count entry ``clip``, in one row).
+    """
+    norms = features.norm(dim=1, keepdim=True)
+    clipped = features * (clip / norms.clamp_min(1e-12)).clamp(max=1.0)
+    rows = torch.cat([clipped, torch.full_like(norms, clip)], dim=1)
+    return torch.zeros(n_classes, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, classes, rows)
+
+
+@dataclass
+class MeanRelease:
+    """What the release made public (post-processing may use these freely)."""
+
+    means: torch.Tensor  # (K, d): noisy sum / noisy count, per new class
+    counts: torch.Tensor  # (K,): noisy counts (not clamped)
+    clip: float
+    noise_multiplier: float
+
+    @property
+    def sensitivity(self) -> float:
+        return SENSITIVITY_FACTOR * self.clip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"noise_multiplier": self.noise_multiplier, "sample_rate": 1.0, "steps": 1, "clip": self.clip,
+                "l2_sensitivity": self.sensitivity, "noisy_counts": [round(float(c), 3) for c in self.counts],
+                "part_of_update_epsilon": True}
+
+
+def release_class_means(features: torch.Tensor, classes: torch.Tensor, n_classes: int, clip: float,
+                        noise_multiplier: float, generator: torch.Generator) -> MeanRelease:
+    """The Gaussian mechanism on the per-class clipped sums and counts; means derived from the noisy release."""
+    sums = clipped_class_sums(features, classes, n_classes, clip)
+    if noise_multiplier > 0:
+        noise = torch.randn(sums.shape, generator=generator, device=sums.device, dtype=sums.dtype)
+        sums = sums + noise * (noise_multiplier * SENSITIVITY_FACTOR * clip)
+    counts = sums[:, -1] / clip
+    means = sums[:, :-1] / counts.clamp_min(1.0)[:, None]
+    return MeanRelease(means, counts, clip, noise_multiplier)
+
+
+@torch.no_grad()
+def init_rows_from_means(head: nn.Linear, n_old: int, means: torch.Tensor) -> float:
+    """Set rows ``n_old ..`` to the nearest-class-mean rule, scaled to the old rows' mean norm; returns the scale.
+
+    Nearest mean in feature space scores class c by ``mu_c . f - ||mu_c||^2 / 2``
+    (up to a term shared by all classes); that is a linear row ``s mu_c`` with
+    bias ``-s ||mu_c||^2 / 2``. ``s`` puts the new rows at the old rows'
+    mean norm, so new and old logits start on one scale (the same norm target
+    as weight aligning). Only the new rows change.
+    """
+    k = means.shape[0]
+    norms = means.norm(dim=1)
+    target = head.weight[:n_old].norm(dim=1).mean()
+    scale = target / norms.mean().clamp_min(1e-12)
+    head.weight[n_old : n_old + k] = (scale * means).to(head.weight.dtype)
+    if head.bias is not None:
+        head.bias[n_old : n_old + k] = (-scale * norms**2 / 2).to(head.bias.dtype)
+    return float(scale)

@@ -1,0 +1,143 @@
+"""The class-mean release of a private update: sensitivity, noise, row rule, composition, only new rows touched."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from abd_edge import Learner
+from abd_edge.errors import PrivacyError
+from abd_edge.privacy import dp
+from abd_edge.privacy.config import PrivacyConfig
+from abd_edge.privacy.mean_init import (SENSITIVITY_FACTOR, clipped_class_sums, init_rows_from_means,
+                                        penultimate_features, release_class_means)
+
+from conftest import make_task, tiny_config
+from test_privacy import FAST, base_learner  # noqa: F401  (the module-scoped learner with base classes 0, 1)
+
+
+def test_clipped_class_sums_and_sensitivity_by_hand():
+    feats = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, -2.0], [1.0, 0.0]])
+    classes = torch.tensor([0, 0, 1, 1])
+    sums = clipped_class_sums(feats, classes, 2, clip=1.0)
+    # clipped to norm 1: [0.6, 0.8], [0.3, 0.4] (inside), [0, -1], [1, 0]; count entries carry the clip, 1 per image
+    assert torch.allclose(sums, torch.tensor([[0.9, 1.2, 2.0], [1.0, -1.0, 2.0]]))
+    # removing one image moves the release by exactly its vector: norms sqrt(2), sqrt(1.25), sqrt(2), sqrt(2)
+    moved = [float((sums - clipped_class_sums(feats[torch.arange(4) != i], classes[torch.arange(4) != i], 2, 1.0)).norm())
+             for i in range(4)]
+    assert moved == pytest.approx([math.sqrt(2), math.sqrt(1.25), math.sqrt(2), math.sqrt(2)])
+    assert max(moved) == pytest.approx(SENSITIVITY_FACTOR * 1.0)  # the stated joint L2 sensitivity, attained
+    # it scales with the clip: at C = 2, image 0 ([3, 4], norm 5) becomes [1.2, 1.6] and moves the sum by sqrt(4 + 4)
+    sums2 = clipped_class_sums(feats, classes, 2, clip=2.0)
+    assert torch.allclose(sums2[0], torch.tensor([1.5, 2.0, 4.0]))
+    assert float((sums2 - clipped_class_sums(feats[1:], classes[1:], 2, 2.0)).norm()) == pytest.approx(SENSITIVITY_FACTOR * 2.0)
+
+
+def test_release_adds_gaussian_noise_of_sigma_times_sensitivity():
+    g = torch.Generator().manual_seed(0)
+    feats, classes = torch.randn(40, 5, generator=g) * 3, torch.arange(40) % 4
+    sigma, clip = 2.5, 1.5
+    rel = release_class_means(feats, classes, 4, clip, sigma, torch.Generator().manual_seed(7))
+    noise = torch.randn(4, 6, generator=torch.Generator().manual_seed(7)) * sigma * math.sqrt(2) * clip
+    noisy = clipped_class_sums(feats, classes, 4, clip) + noise
+    assert torch.allclose(rel.counts, noisy[:, -1] / clip)
+    assert torch.allclose(rel.means, noisy[:, :-1] / (noisy[:, -1] / clip).clamp_min(1.0)[:, None])
+    assert rel.sensitivity == pytest.approx(math.sqrt(2) * clip)
+    exact = release_class_means(feats, classes, 4, clip, 0.0, torch.Generator())
+    assert torch.allclose(exact.counts, torch.full((4,), 10.0))  # noiseless: counts and means of the clipped features
+
+
+def test_row_rule_by_hand_touches_only_the_new_rows():
+    head = torch.nn.Linear(2, 5)
+    with torch.no_grad():
+        head.weight[:2] = torch.tensor([[3.0, 4.0], [0.0, 2.0]])  # old rows: norms 5 and 2, mean 3.5
+    before = copy.deepcopy(head)
+    scale = init_rows_from_means(head, 2, torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # mean norms 1, 2: mean 1.5
+    assert scale == pytest.approx(3.5 / 1.5)
+    s = 3.5 / 1.5
+    assert torch.allclose(head.weight[2:4], torch.tensor([[s, 0.0], [0.0, 2 * s]]))
+    assert torch.allclose(head.bias[2:4], torch.tensor([-s * 1 / 2, -s * 4 / 2]))  # nearest mean: -s ||mu||^2 / 2
+    for rows in (slice(0, 2), slice(4, 5)):
+        assert torch.equal(head.weight[rows], before.weight[rows]) and torch.equal(head.bias[rows], before.bias[rows])
+
+
+def test_composed_noise_meets_the_target_in_one_accountant():
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.utils import get_noise_multiplier
+
+    plain = dp.noise_for_target(3.0, 1e-5, [], 0.25, 40, "rdp")
+    assert plain == get_noise_multiplier(target_epsilon=3.0, target_delta=1e-5, sample_rate=0.25, steps=40, accountant="rdp")
+    release = dp.noise_for_target(0.3, 1e-5, [], 1.0, 1, "rdp")
+    composed = dp.noise_for_target(3.0, 1e-5, [(release, 1.0, 1)], 0.25, 40, "rdp")
+    acc = RDPAccountant()
+    acc.history = [(release, 1.0, 1), (composed, 0.25, 40)]
+    assert 3.0 - 0.011 <= acc.get_epsilon(delta=1e-5) <= 3.0
+    assert composed > plain  # the release's share is paid for with more DP-SGD noise
+    with pytest.raises(ValueError, match="release alone"):
+        dp.noise_for_target(0.2, 1e-5, [(release, 1.0, 1)], 0.25, 40, "rdp")
+
+
+def _setup_for(learner: Learner, pc: PrivacyConfig, n_per_class: int = 30):
+    """The private setup of an update of classes [2, 3] built on a copy of the learner's model (what learn_new_classes does)."""
+    x, y = make_task([2, 3], n_per_class=n_per_class, seed=2)
+    model = copy.deepcopy(learner.model)
+    plan = dp.plan_update(pc, x.shape[0], learner.config.later_tasks, first_task=False)
+    labels = torch.tensor([2] * n_per_class + [3] * n_per_class)
+    st = learner._state
+    local = dp.LocalData(x, labels, st.normalizer, copy.deepcopy(learner.generator))
+    return model, plan, local, labels
+
+
+@pytest.mark.parametrize("epsilon", [math.inf, 3.0])
+def test_mean_init_changes_only_the_new_rows(base_learner, epsilon):
+    pc = PrivacyConfig(**{**FAST, "target_epsilon": epsilon, "mean_init_clip": 50.0})
+    model, plan, local, labels = _setup_for(base_learner, pc)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = plan.train_config(base_learner.config.later_tasks)
+    setup = dp.make_setup(plan, model, cfg, torch.device("cpu"), seed=5, rows=(2, 4), local=local)
+    setup.close()
+    if hasattr(setup, "gsm"):
+        model = setup.gsm._module
+    after = model.state_dict()
+    for k, v in before.items():  # BN statistics and affine, every conv, the other head rows: bit-identical
+        if k in ("last.weight", "last.bias"):
+            assert torch.equal(v[:2], after[k][:2]) and torch.equal(v[4:], after[k][4:]), k
+            assert not torch.equal(v[2:4], after[k][2:4]), k
+        else:
+            assert torch.equal(v, after[k]), k
+    # the new rows follow the rule from the (noiseless at epsilon = inf) release of the frozen model's features
+    feats = penultimate_features(copy.deepcopy(base_learner.model), local.images, local.normalize)
+    head = copy.deepcopy(base_learner.model.get_classifier())
+    init_rows_from_means(head, 2, release_class_means(feats, labels - 2, 2, 50.0, 0.0, torch.Generator()).means)
+    same = torch.allclose(after["last.weight"][2:4], head.weight[2:4], atol=1e-5)
+    assert same == (epsilon == math.inf)  # noise moved the private rows
+    entry = setup.ledger_fields()["mean_init"]
+    assert entry["clip"] == 50.0 and entry["l2_sensitivity"] == pytest.approx(50.0 * math.sqrt(2))
+    assert entry["noise_multiplier"] == plan.release_noise_multiplier and (entry["noise_multiplier"] > 0) == (epsilon < math.inf)
+
+
+def test_noiseless_mean_init_separates_the_new_classes(base_learner):
+    """Before any DP-SGD step the new rows already tell the update's two classes apart on their own images."""
+    pc = PrivacyConfig(**{**FAST, "target_epsilon": math.inf})  # clipping norm from dreamed features (public)
+    model, plan, local, labels = _setup_for(base_learner, pc)
+    setup = dp.make_setup(plan, model, plan.train_config(base_learner.config.later_tasks), torch.device("cpu"), seed=5,
+                          rows=(2, 4), local=local)
+    setup.close()
+    assert setup.release is not None and setup.release.clip > 0
+    logits = model.forward_head(penultimate_features(model, local.images, local.normalize))[:, 2:4]
+    assert (logits.argmax(1) + 2 == labels).float().mean() >= 0.9
+
+
+def test_mean_init_without_a_generator_or_clip_is_refused_before_training():
+    learner = Learner(tiny_config("finetune"))
+    learner.learn_new_classes(make_task([0, 1], seed=1), show_progress=False)
+    state = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    with pytest.raises(PrivacyError, match="mean_init_clip"):
+        learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=PrivacyConfig(**FAST), show_progress=False)
+    assert learner.tasks_learned == 1 and all(torch.equal(v, learner.model.state_dict()[k]) for k, v in state.items())
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
+                                    privacy=PrivacyConfig(**FAST, mean_init_clip=20.0))
+    assert rep.privacy["mean_init"]["clip"] == 20.0
