@@ -141,3 +141,58 @@ def test_mean_init_without_a_generator_or_clip_is_refused_before_training():
     rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
                                     privacy=PrivacyConfig(**FAST, mean_init_clip=20.0))
     assert rep.privacy["mean_init"]["clip"] == 20.0
+
+
+def test_lda_head_by_hand():
+    from abd_edge.privacy.mean_init import lda_head
+
+    head = torch.nn.Linear(2, 4)
+    with torch.no_grad():
+        head.weight[:2] = torch.tensor([[3.0, 4.0], [0.0, 2.0]])  # old rows: mean norm 3.5
+    before = copy.deepcopy(head)
+    dreams = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 3.0]])  # old means [2, 0], [0, 2]
+    labels = torch.tensor([0, 0, 1, 1])  # within-class covariance diag(0.5, 0.5): shrinking to trace/d * I keeps it
+    scale = lda_head(head, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, shrinkage=0.1, min_dreams=2)
+    s = 3.5 / 4.0  # P = 2 I: old rows [4, 0], [0, 4] (norm 4), new row [4, 4]
+    assert scale == pytest.approx(s)
+    assert torch.allclose(head.weight[:3], s * torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 4.0]]))
+    assert torch.allclose(head.bias[:3], s * torch.tensor([-4.0, -4.0, -8.0]))  # -mu' P mu / 2
+    assert torch.equal(head.weight[3], before.weight[3]) and torch.equal(head.bias[3], before.bias[3])
+    # an old class with too few dreams: no rule, head untouched
+    untouched = copy.deepcopy(before)
+    assert lda_head(untouched, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=3) is None
+    assert torch.equal(untouched.weight, before.weight) and torch.equal(untouched.bias, before.bias)
+
+
+class _BaseImageDreams(torch.nn.Module):
+    """A stand-in generator whose 'dreams' are the base task's images (public here), both base classes present."""
+
+    def __init__(self, learner: Learner) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        x, _ = make_task([0, 1], seed=1)
+        self.images = learner._state.normalizer(x.float() / 255)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.images[torch.randint(0, self.images.shape[0], (n,), generator=generator)]
+
+
+def test_lda_old_rows_depend_on_public_dreams_only(base_learner):
+    """Two different local datasets: the same old rows (dreams + released model), different new rows, BN untouched."""
+    pc = PrivacyConfig(**{**FAST, "target_epsilon": 3.0, "mean_init_rule": "lda"})
+    heads = []
+    for seed in (2, 4):
+        model, plan, local, labels = _setup_for(base_learner, pc)
+        local.dreams = _BaseImageDreams(base_learner)  # the tiny learner's 3-step generator dreams one class only
+        if seed == 4:
+            local.images = make_task([2, 3], n_per_class=30, seed=4)[0]
+        before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("last.")}
+        setup = dp.make_setup(plan, model, plan.train_config(base_learner.config.later_tasks), torch.device("cpu"),
+                              seed=5, rows=(2, 4), local=local)
+        setup.close()
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        heads.append(copy.deepcopy(model.get_classifier()))
+    a, b = heads
+    assert torch.equal(a.weight[:2], b.weight[:2]) and torch.equal(a.bias[:2], b.bias[:2])
+    assert not torch.equal(a.weight[2:4], b.weight[2:4])
+    assert not torch.equal(a.weight[:2], base_learner.model.get_classifier().weight[:2])  # the old rows were re-set

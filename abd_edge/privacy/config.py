@@ -17,6 +17,7 @@ from ..errors import PrivacyError
 ACCOUNTANTS = ("prv", "rdp")
 
 
+MEAN_INIT_RULES = ("nearest_mean", "lda")
 TRAINABLE_SETS = ("new_head", "head", "last_block", "all")
 
 
@@ -71,6 +72,7 @@ class PrivacyConfig:
     momentum: float | None = None  # None: the learner's later_tasks momentum
     mean_init_fraction: float = 0.1  # share of the budget for the class-mean release of the new rows (0: off)
     mean_init_clip: float | None = None  # feature clipping norm of that release (None: from dreamed features)
+    mean_init_rule: str = "nearest_mean"  # "nearest_mean": new rows only; "lda": every seen row, old means from dreams
 
     @property
     def private(self) -> bool:
@@ -100,6 +102,8 @@ class PrivacyConfig:
         if not (0 <= self.mean_init_fraction < 1) or isinstance(self.mean_init_fraction, bool):
             raise PrivacyError(f"mean_init_fraction must be in [0, 1) (the share of target_epsilon spent on the class-mean "
                                f"release; 0 turns it off), got {self.mean_init_fraction!r}")
+        if self.mean_init_rule not in MEAN_INIT_RULES:
+            raise PrivacyError(f"mean_init_rule must be one of {list(MEAN_INIT_RULES)}, got {self.mean_init_rule!r}")
         if self.mean_init_clip is not None and not (self.mean_init_clip > 0 and math.isfinite(self.mean_init_clip)):
             raise PrivacyError(f"mean_init_clip (the feature clipping norm) must be positive and finite or None, got {self.mean_init_clip}")
         if not self.max_noise_multiplier > 0:

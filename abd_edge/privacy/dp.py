@@ -39,7 +39,8 @@ from .config import PrivacyConfig, encode_epsilon
 from ..engine import RunStep, ShuffledBatches, TrainingSetup, clip_norm
 from ..errors import PrivacyError
 from ..methods.base import Method, TaskContext
-from .mean_init import MeanRelease, init_rows_from_means, penultimate_features, public_feature_scale, release_class_means
+from .mean_init import (MeanRelease, dreamed_features, init_rows_from_means, lda_head, penultimate_features, public_feature_scale,
+                         release_class_means)
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +235,21 @@ class FrozenBNSetup(TrainingSetup):
             raise PrivacyError("mean_init_fraction > 0 needs the update's new head rows and local images; "
                                "pass rows= and local= to make_setup, or set mean_init_fraction=0")
         pc = self.plan.config
-        clip = pc.mean_init_clip if pc.mean_init_clip is not None else public_feature_scale(model, local.dreams, seed + 3)
+        n_old = rows[0]
+        dreams = None
+        if pc.mean_init_clip is None or pc.mean_init_rule == "lda":
+            dreams = dreamed_features(model, local.dreams, seed + 3, 1024 if pc.mean_init_rule == "lda" else 256, n_old)
+        clip = pc.mean_init_clip if pc.mean_init_clip is not None else public_feature_scale(dreams[0])  # type: ignore[index]
         feats = penultimate_features(model, local.images, local.normalize)
         device = feats.device
-        release = release_class_means(feats, local.labels - rows[0], rows[1] - rows[0], clip, self.plan.release_noise_multiplier,
+        release = release_class_means(feats, local.labels - n_old, rows[1] - n_old, clip, self.plan.release_noise_multiplier,
                                       torch.Generator(device=device).manual_seed(seed + 2))
-        scale = init_rows_from_means(model.get_classifier(), rows[0], release.means)  # type: ignore[operator]
+        head = model.get_classifier()  # type: ignore[operator]
+        scale = lda_head(head, n_old, release.means, *dreams) if dreams is not None and pc.mean_init_rule == "lda" else None
+        if scale is None:
+            if pc.mean_init_rule == "lda":
+                log.warning("class-mean release: dreams miss an old class; only the new rows are set (nearest mean)")
+            scale = init_rows_from_means(head, n_old, release.means)
         log.info("class-mean release: noise multiplier %.3f, feature clip %.3g, rows scaled by %.3g",
                  release.noise_multiplier, clip, scale)
         return release

@@ -49,27 +49,36 @@ def penultimate_features(model: nn.Module, images: torch.Tensor, normalize: Call
 
 
 @torch.no_grad()
-def public_feature_scale(model: nn.Module, generator: nn.Module | None, seed: int, n: int = 256, quantile: float = 0.95) -> float:
-    """A clipping norm from public inputs only: a high quantile of the feature norms of dreamed images.
+def dreamed_features(model: nn.Module, generator: nn.Module | None, seed: int, n: int, n_old: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features of ``n`` dreamed images through the released model, and their old-class pseudo-labels.
 
-    The dreams come from the released generator through the released model,
-    so the choice of ``C`` depends on no local image. A high quantile keeps
-    clipping rare, so the clipped class means stay close to the raw means
-    whose geometry the linear rule below needs.
+    Public: the released generator and model, and a seed; no local image.
     """
     if generator is None:
-        raise PrivacyError("mean initialisation needs a clipping norm: this learner has no generator to take a public "
-                           "feature scale from; set PrivacyConfig(mean_init_clip=...) or mean_init_fraction=0")
+        raise PrivacyError("the class-mean release needs dreamed (public) features, for its clipping norm and, with "
+                           "mean_init_rule='lda', the old classes' means, and this learner has no generator: set "
+                           "PrivacyConfig(mean_init_clip=..., mean_init_rule='nearest_mean') or mean_init_fraction=0")
     was = generator.training, model.training
     generator.eval()
     model.eval()
     try:
         device = next(generator.parameters()).device
         g = torch.Generator(device=device).manual_seed(seed)
-        feats = model.forward_features(generator.sample(n, generator=g)).float()  # type: ignore[operator]
+        logits, feats = model.forward_with_features(generator.sample(n, generator=g))  # type: ignore[operator]
     finally:
         generator.train(was[0])
         model.train(was[1])
+    return feats.float(), logits[:, :n_old].argmax(dim=1)
+
+
+def public_feature_scale(feats: torch.Tensor, quantile: float = 0.95) -> float:
+    """A clipping norm from public inputs only: a high quantile of the feature norms of dreamed images.
+
+    The dreams come from the released generator through the released model,
+    so the choice of ``C`` depends on no local image. A high quantile keeps
+    clipping rare, so the clipped class means stay close to the raw means
+    whose geometry the linear rules below need.
+    """
     return float(feats.norm(dim=1).quantile(quantile))
 
 
@@ -134,4 +143,40 @@ def init_rows_from_means(head: nn.Linear, n_old: int, means: torch.Tensor) -> fl
     head.weight[n_old : n_old + k] = (scale * means).to(head.weight.dtype)
     if head.bias is not None:
         head.bias[n_old : n_old + k] = (-scale * norms**2 / 2).to(head.bias.dtype)
+    return float(scale)
+
+
+@torch.no_grad()
+def lda_head(head: nn.Linear, n_old: int, new_means: torch.Tensor, dream_feats: torch.Tensor, dream_labels: torch.Tensor,
+             shrinkage: float = 0.1, min_dreams: int = 4) -> float | None:
+    """Every seen row from a shared-covariance (LDA) rule; returns the scale, or None (head unchanged) if dreams miss a class.
+
+    Why: on frozen features, the old rows (trained against the old classes
+    only) and new rows set or trained beside them are on different scales;
+    one rule for all classes puts them on one. Old classes' means and the
+    shared within-class covariance come from dreamed features (public), the
+    new classes' means from the release, so this is post-processing.
+    ``w_c = s P mu_c``, ``b_c = -s mu_c' P mu_c / 2`` with ``P`` the inverse
+    of the covariance shrunk toward ``trace/d * I``; ``s`` puts the old rows at
+    their previous mean norm (argmax unchanged; the DP-SGD steps start on
+    the usual scale).
+    """
+    counts = torch.bincount(dream_labels, minlength=n_old)
+    if n_old == 0 or int(counts.min()) < min_dreams:
+        return None
+    old_means = torch.zeros(n_old, dream_feats.shape[1], dtype=dream_feats.dtype, device=dream_feats.device)
+    old_means.index_add_(0, dream_labels, dream_feats).div_(counts[:, None].to(dream_feats.dtype))
+    centred = dream_feats - old_means[dream_labels]
+    cov = centred.T @ centred / centred.shape[0]
+    d = cov.shape[0]
+    cov = (1 - shrinkage) * cov + shrinkage * torch.trace(cov) / d * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    means = torch.cat([old_means, new_means.to(old_means)])
+    w = torch.linalg.solve(cov, means.T).T  # P mu_c
+    b = -0.5 * (w * means).sum(dim=1)
+    target = head.weight[:n_old].norm(dim=1).mean()
+    scale = target / w[:n_old].norm(dim=1).mean().clamp_min(1e-12)  # from public rows only: old rows never see the release
+    n_seen = means.shape[0]
+    head.weight[:n_seen] = (scale * w).to(head.weight.dtype)
+    if head.bias is not None:
+        head.bias[:n_seen] = (scale * b).to(head.bias.dtype)
     return float(scale)
