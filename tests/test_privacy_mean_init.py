@@ -196,3 +196,35 @@ def test_lda_old_rows_depend_on_public_dreams_only(base_learner):
     assert torch.equal(a.weight[:2], b.weight[:2]) and torch.equal(a.bias[:2], b.bias[:2])
     assert not torch.equal(a.weight[2:4], b.weight[2:4])
     assert not torch.equal(a.weight[:2], base_learner.model.get_classifier().weight[:2])  # the old rows were re-set
+
+
+def test_released_means_are_reused_only_in_the_same_backbone(base_learner):
+    from abd_edge.privacy.mean_init import backbone_fingerprint, known_class_means, lda_head
+
+    model = copy.deepcopy(base_learner.model)
+    entry = {"mean_init": {"classes": [2, 3], "noisy_means": [[1.0] * 64, [2.0] * 64], "backbone_sha256": backbone_fingerprint(model)}}
+    with torch.no_grad():
+        model.get_classifier().weight.add_(1.0)  # the head is not part of the features
+    known = known_class_means([{"private": False}, entry], model)
+    assert sorted(known) == [2, 3] and torch.equal(known[3], torch.full((64,), 2.0))
+    model.bn1.running_mean.add_(1e-3)  # a non-private update moved the features: stale means are not reused
+    assert known_class_means([entry], model) == {}
+    # lda_head takes a known old mean instead of the dreamed one (class 0 here, no dreams needed for it)
+    head = torch.nn.Linear(2, 3)
+    dreams, labels = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, 1.0], [0.0, 3.0]]), torch.tensor([1, 1, 1, 1])
+    assert lda_head(copy.deepcopy(head), 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=1) is None
+    assert lda_head(head, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=1, known={0: torch.tensor([4.0, 0.0])}) is not None
+    # covariance from the class-1 dreams: diag(0, 1) shrunk by 0.1 toward 0.5 I: diag(0.05, 0.95)
+    w = torch.stack([torch.tensor([4.0, 0.0]) / 0.05, torch.tensor([0.0, 2.0]) / 0.95])
+    assert torch.allclose(head.weight[:2] / head.weight[:2].norm(dim=1, keepdim=True), w / w.norm(dim=1, keepdim=True))
+
+
+def test_a_private_update_records_its_released_means_for_the_next(base_learner):
+    learner = copy.deepcopy(base_learner)
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
+                                    privacy=PrivacyConfig(**FAST))
+    rel = rep.privacy["mean_init"]
+    assert rel["classes"] == [2, 3] and len(rel["noisy_means"]) == 2 and len(rel["noisy_means"][0]) == 64
+    from abd_edge.privacy.mean_init import known_class_means
+
+    assert sorted(known_class_means(learner.privacy_ledger, learner.model)) == [2, 3]  # the backbone stayed frozen

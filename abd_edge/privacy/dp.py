@@ -39,7 +39,7 @@ from .config import PrivacyConfig, encode_epsilon
 from ..engine import RunStep, ShuffledBatches, TrainingSetup, clip_norm
 from ..errors import PrivacyError
 from ..methods.base import Method, TaskContext
-from .mean_init import (MeanRelease, dreamed_features, init_rows_from_means, lda_head, penultimate_features, public_feature_scale,
+from .mean_init import (MeanRelease, backbone_fingerprint, dreamed_features, init_rows_from_means, lda_head, penultimate_features, public_feature_scale,
                          release_class_means)
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class LocalData:
     labels: torch.Tensor
     normalize: Any
     dreams: nn.Module | None = None
+    known_means: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)  # earlier releases (mean_init.known_class_means)
 
 
 @dataclass
@@ -244,8 +245,9 @@ class FrozenBNSetup(TrainingSetup):
         device = feats.device
         release = release_class_means(feats, local.labels - n_old, rows[1] - n_old, clip, self.plan.release_noise_multiplier,
                                       torch.Generator(device=device).manual_seed(seed + 2))
+        release.classes, release.backbone = list(range(n_old, rows[1])), backbone_fingerprint(model)
         head = model.get_classifier()  # type: ignore[operator]
-        scale = lda_head(head, n_old, release.means, *dreams) if dreams is not None and pc.mean_init_rule == "lda" else None
+        scale = lda_head(head, n_old, release.means, *dreams, known=local.known_means) if dreams is not None and pc.mean_init_rule == "lda" else None
         if scale is None:
             if pc.mean_init_rule == "lda":
                 log.warning("class-mean release: dreams miss an old class; only the new rows are set (nearest mean)")

@@ -21,9 +21,11 @@ release (means, row scaling, biases) is post-processing.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -103,6 +105,8 @@ class MeanRelease:
     counts: torch.Tensor  # (K,): noisy counts (not clamped)
     clip: float
     noise_multiplier: float
+    classes: list[int] = dataclasses.field(default_factory=list)  # their head rows
+    backbone: str = ""  # fingerprint of the frozen features the means live in
 
     @property
     def sensitivity(self) -> float:
@@ -111,7 +115,37 @@ class MeanRelease:
     def to_dict(self) -> dict[str, Any]:
         return {"noise_multiplier": self.noise_multiplier, "sample_rate": 1.0, "steps": 1, "clip": self.clip,
                 "l2_sensitivity": self.sensitivity, "noisy_counts": [round(float(c), 3) for c in self.counts],
-                "part_of_update_epsilon": True}
+                "part_of_update_epsilon": True, "classes": list(self.classes),
+                "noisy_means": [[float(v) for v in row] for row in self.means.cpu()], "backbone_sha256": self.backbone}
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer outside the head: later updates reuse released means only in the same features."""
+    head = {id(t) for t in model.get_classifier().parameters()}  # type: ignore[operator]
+    h = hashlib.sha256()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in head:
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def known_class_means(ledger: Iterable[Mapping[str, Any]], model: nn.Module) -> dict[int, torch.Tensor]:
+    """Head row -> noisy mean, from earlier private updates' releases in the same (bit-identical) backbone.
+
+    The released means are public once released, so reusing them is
+    post-processing; they describe the old classes better than dreamed
+    features do (no generator in between).
+    """
+    fp = backbone_fingerprint(model)
+    device = model.get_classifier().weight.device  # type: ignore[operator]
+    out: dict[int, torch.Tensor] = {}
+    for entry in ledger:
+        rel = entry.get("mean_init") or {}
+        if rel.get("backbone_sha256") == fp and rel.get("noisy_means"):
+            for c, mu in zip(rel["classes"], rel["noisy_means"]):
+                out[int(c)] = torch.tensor(mu, dtype=torch.float32, device=device)
+    return out
 
 
 def release_class_means(features: torch.Tensor, classes: torch.Tensor, n_classes: int, clip: float,
@@ -148,7 +182,7 @@ def init_rows_from_means(head: nn.Linear, n_old: int, means: torch.Tensor) -> fl
 
 @torch.no_grad()
 def lda_head(head: nn.Linear, n_old: int, new_means: torch.Tensor, dream_feats: torch.Tensor, dream_labels: torch.Tensor,
-             shrinkage: float = 0.1, min_dreams: int = 4) -> float | None:
+             shrinkage: float = 0.1, min_dreams: int = 4, known: Mapping[int, torch.Tensor] | None = None) -> float | None:
     """Every seen row from a shared-covariance (LDA) rule; returns the scale, or None (head unchanged) if dreams miss a class.
 
     Why: on frozen features, the old rows (trained against the old classes
@@ -159,14 +193,18 @@ def lda_head(head: nn.Linear, n_old: int, new_means: torch.Tensor, dream_feats: 
     ``w_c = s P mu_c``, ``b_c = -s mu_c' P mu_c / 2`` with ``P`` the inverse
     of the covariance shrunk toward ``trace/d * I``; ``s`` puts the old rows at
     their previous mean norm (argmax unchanged; the DP-SGD steps start on
-    the usual scale).
+    the usual scale). ``known``: released means of old classes (from
+    earlier private updates, :func:`known_class_means`), used instead of
+    their dreamed means.
     """
+    known = known or {}
     counts = torch.bincount(dream_labels, minlength=n_old)
-    if n_old == 0 or int(counts.min()) < min_dreams:
+    if n_old == 0 or any(int(counts[c]) < min_dreams for c in range(n_old) if c not in known):
         return None
-    old_means = torch.zeros(n_old, dream_feats.shape[1], dtype=dream_feats.dtype, device=dream_feats.device)
-    old_means.index_add_(0, dream_labels, dream_feats).div_(counts[:, None].to(dream_feats.dtype))
-    centred = dream_feats - old_means[dream_labels]
+    dreamed = torch.zeros(n_old, dream_feats.shape[1], dtype=dream_feats.dtype, device=dream_feats.device)
+    dreamed.index_add_(0, dream_labels, dream_feats).div_(counts.clamp_min(1)[:, None].to(dream_feats.dtype))
+    centred = dream_feats - dreamed[dream_labels]  # the covariance: dreams around their own classes' dreamed means
+    old_means = torch.stack([known[c].to(dreamed) if c in known else dreamed[c] for c in range(n_old)])
     cov = centred.T @ centred / centred.shape[0]
     d = cov.shape[0]
     cov = (1 - shrinkage) * cov + shrinkage * torch.trace(cov) / d * torch.eye(d, dtype=cov.dtype, device=cov.device)
