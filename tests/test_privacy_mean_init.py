@@ -162,6 +162,13 @@ def test_lda_head_by_hand():
     untouched = copy.deepcopy(before)
     assert lda_head(untouched, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=3) is None
     assert torch.equal(untouched.weight, before.weight) and torch.equal(untouched.bias, before.bias)
+    # a noisy new mean (error variance 0.5 per coordinate): ridge 0.1 * 0.5 + 0.5, so cov = 0.45 + 0.55 = I and P = I;
+    # its quadratic term is debiased by tau^2 tr(P) = 0.5 * 2: bias -(8 - 1) / 2 instead of -8 / 2
+    noisy = copy.deepcopy(before)
+    scale = lda_head(noisy, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, torch.tensor([0.5]), shrinkage=0.1, min_dreams=2)
+    assert scale == pytest.approx(3.5 / 2.0)
+    assert torch.allclose(noisy.weight[:3], scale * torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 2.0]]))
+    assert torch.allclose(noisy.bias[:3], scale * torch.tensor([-2.0, -2.0, -3.5]))
 
 
 class _BaseImageDreams(torch.nn.Module):
@@ -202,18 +209,21 @@ def test_released_means_are_reused_only_in_the_same_backbone(base_learner):
     from abd_edge.privacy.mean_init import backbone_fingerprint, known_class_means, lda_head
 
     model = copy.deepcopy(base_learner.model)
-    entry = {"mean_init": {"classes": [2, 3], "noisy_means": [[1.0] * 64, [2.0] * 64], "backbone_sha256": backbone_fingerprint(model)}}
+    entry = {"mean_init": {"classes": [2, 3], "noisy_means": [[1.0] * 64, [2.0] * 64], "noisy_counts": [10.0, 0.5],
+                           "noise_multiplier": 2.0, "l2_sensitivity": 3.0, "backbone_sha256": backbone_fingerprint(model)}}
     with torch.no_grad():
         model.get_classifier().weight.add_(1.0)  # the head is not part of the features
     known = known_class_means([{"private": False}, entry], model)
-    assert sorted(known) == [2, 3] and torch.equal(known[3], torch.full((64,), 2.0))
+    assert sorted(known) == [2, 3] and torch.equal(known[3][0], torch.full((64,), 2.0))
+    assert known[2][1] == pytest.approx((2.0 * 3.0 / 10) ** 2) and known[3][1] == pytest.approx(36.0)  # (std / max(1, count))^2
     model.bn1.running_mean.add_(1e-3)  # a non-private update moved the features: stale means are not reused
     assert known_class_means([entry], model) == {}
     # lda_head takes a known old mean instead of the dreamed one (class 0 here, no dreams needed for it)
     head = torch.nn.Linear(2, 3)
     dreams, labels = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, 1.0], [0.0, 3.0]]), torch.tensor([1, 1, 1, 1])
-    assert lda_head(copy.deepcopy(head), 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=1) is None
-    assert lda_head(head, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=1, known={0: torch.tensor([4.0, 0.0])}) is not None
+    assert lda_head(copy.deepcopy(head), 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=1, shrinkage=0.1) is None
+    assert lda_head(head, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=1, shrinkage=0.1,
+                    known={0: (torch.tensor([4.0, 0.0]), 0.0)}) is not None
     # covariance from the class-1 dreams: diag(0, 1) shrunk by 0.1 toward 0.5 I: diag(0.05, 0.95)
     w = torch.stack([torch.tensor([4.0, 0.0]) / 0.05, torch.tensor([0.0, 2.0]) / 0.95])
     assert torch.allclose(head.weight[:2] / head.weight[:2].norm(dim=1, keepdim=True), w / w.norm(dim=1, keepdim=True))

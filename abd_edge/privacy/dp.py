@@ -54,7 +54,7 @@ class LocalData:
     labels: torch.Tensor
     normalize: Any
     dreams: nn.Module | None = None
-    known_means: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)  # earlier releases (mean_init.known_class_means)
+    known_means: dict[int, tuple[torch.Tensor, float]] = dataclasses.field(default_factory=dict)  # earlier releases (mean_init.known_class_means)
 
 
 @dataclass
@@ -247,7 +247,9 @@ class FrozenBNSetup(TrainingSetup):
                                       torch.Generator(device=device).manual_seed(seed + 2))
         release.classes, release.backbone = list(range(n_old, rows[1])), backbone_fingerprint(model)
         head = model.get_classifier()  # type: ignore[operator]
-        scale = lda_head(head, n_old, release.means, *dreams, known=local.known_means) if dreams is not None and pc.mean_init_rule == "lda" else None
+        scale = None
+        if dreams is not None and pc.mean_init_rule == "lda":
+            scale = lda_head(head, n_old, release.means, *dreams, release.noise_var, known=local.known_means)
         if scale is None:
             if pc.mean_init_rule == "lda":
                 log.warning("class-mean release: dreams miss an old class; only the new rows are set (nearest mean)")

@@ -112,6 +112,11 @@ class MeanRelease:
     def sensitivity(self) -> float:
         return SENSITIVITY_FACTOR * self.clip
 
+    @property
+    def noise_var(self) -> torch.Tensor:
+        """Per class, the variance of each coordinate of the noisy mean's error (noise std / count, squared)."""
+        return (self.noise_multiplier * self.sensitivity / self.counts.clamp_min(1.0)) ** 2
+
     def to_dict(self) -> dict[str, Any]:
         return {"noise_multiplier": self.noise_multiplier, "sample_rate": 1.0, "steps": 1, "clip": self.clip,
                 "l2_sensitivity": self.sensitivity, "noisy_counts": [round(float(c), 3) for c in self.counts],
@@ -130,8 +135,8 @@ def backbone_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def known_class_means(ledger: Iterable[Mapping[str, Any]], model: nn.Module) -> dict[int, torch.Tensor]:
-    """Head row -> noisy mean, from earlier private updates' releases in the same (bit-identical) backbone.
+def known_class_means(ledger: Iterable[Mapping[str, Any]], model: nn.Module) -> dict[int, tuple[torch.Tensor, float]]:
+    """Head row -> (noisy mean, its noise variance), from earlier private updates' releases in the same (bit-identical) backbone.
 
     The released means are public once released, so reusing them is
     post-processing; they describe the old classes better than dreamed
@@ -139,12 +144,13 @@ def known_class_means(ledger: Iterable[Mapping[str, Any]], model: nn.Module) -> 
     """
     fp = backbone_fingerprint(model)
     device = model.get_classifier().weight.device  # type: ignore[operator]
-    out: dict[int, torch.Tensor] = {}
+    out: dict[int, tuple[torch.Tensor, float]] = {}
     for entry in ledger:
         rel = entry.get("mean_init") or {}
         if rel.get("backbone_sha256") == fp and rel.get("noisy_means"):
-            for c, mu in zip(rel["classes"], rel["noisy_means"]):
-                out[int(c)] = torch.tensor(mu, dtype=torch.float32, device=device)
+            std = float(rel["noise_multiplier"]) * float(rel["l2_sensitivity"])
+            for c, mu, n in zip(rel["classes"], rel["noisy_means"], rel["noisy_counts"]):
+                out[int(c)] = (torch.tensor(mu, dtype=torch.float32, device=device), (std / max(1.0, float(n))) ** 2)
     return out
 
 
@@ -182,35 +188,48 @@ def init_rows_from_means(head: nn.Linear, n_old: int, means: torch.Tensor) -> fl
 
 @torch.no_grad()
 def lda_head(head: nn.Linear, n_old: int, new_means: torch.Tensor, dream_feats: torch.Tensor, dream_labels: torch.Tensor,
-             shrinkage: float = 0.1, min_dreams: int = 4, known: Mapping[int, torch.Tensor] | None = None) -> float | None:
+             new_noise_var: torch.Tensor | None = None, *, shrinkage: float = 0.3, min_dreams: int = 4,
+             known: Mapping[int, tuple[torch.Tensor, float]] | None = None) -> float | None:
     """Every seen row from a shared-covariance (LDA) rule; returns the scale, or None (head unchanged) if dreams miss a class.
 
     Why: on frozen features, the old rows (trained against the old classes
     only) and new rows set or trained beside them are on different scales;
     one rule for all classes puts them on one. Old classes' means and the
     shared within-class covariance come from dreamed features (public), the
-    new classes' means from the release, so this is post-processing.
-    ``w_c = s P mu_c``, ``b_c = -s mu_c' P mu_c / 2`` with ``P`` the inverse
-    of the covariance shrunk toward ``trace/d * I``; ``s`` puts the old rows at
-    their previous mean norm (argmax unchanged; the DP-SGD steps start on
-    the usual scale). ``known``: released means of old classes (from
-    earlier private updates, :func:`known_class_means`), used instead of
-    their dreamed means.
+    new classes' means from the release, so this is post-processing; the old
+    rows (and the common scale) depend on public inputs only.
+    ``w_c = s P mu_c``, ``b_c = -s (mu_c' P mu_c - tau_c^2 tr P) / 2`` with
+    ``P`` the inverse of the covariance shrunk toward ``trace/d * I`` plus
+    the released means' mean noise variance ``tau^2 I``. A noisy mean
+    ``mu + e`` (``e ~ N(0, tau^2 I)``) has ``E[(mu+e)' P (mu+e)] = mu' P mu
+    + tau^2 tr P``: without the correction every noisy class is pushed down
+    by that term (on digits at epsilon 8 the new classes were never
+    predicted). ``s`` puts the old rows at their previous mean norm (argmax
+    unchanged; the DP-SGD steps start on the usual scale). ``new_noise_var``:
+    per new class ``tau_c^2``; ``known``: old class -> (released mean, its
+    ``tau^2``) from earlier private updates (:func:`known_class_means`),
+    used instead of the dreamed mean.
     """
     known = known or {}
+    k = new_means.shape[0]
     counts = torch.bincount(dream_labels, minlength=n_old)
     if n_old == 0 or any(int(counts[c]) < min_dreams for c in range(n_old) if c not in known):
         return None
     dreamed = torch.zeros(n_old, dream_feats.shape[1], dtype=dream_feats.dtype, device=dream_feats.device)
     dreamed.index_add_(0, dream_labels, dream_feats).div_(counts.clamp_min(1)[:, None].to(dream_feats.dtype))
     centred = dream_feats - dreamed[dream_labels]  # the covariance: dreams around their own classes' dreamed means
-    old_means = torch.stack([known[c].to(dreamed) if c in known else dreamed[c] for c in range(n_old)])
+    old_means = torch.stack([known[c][0].to(dreamed) if c in known else dreamed[c] for c in range(n_old)])
+    tau2 = torch.cat([torch.tensor([known[c][1] if c in known else 0.0 for c in range(n_old)]),
+                      torch.zeros(k) if new_noise_var is None else new_noise_var.float().cpu()]).to(dreamed)
+    noisy = tau2 > 0
     cov = centred.T @ centred / centred.shape[0]
     d = cov.shape[0]
-    cov = (1 - shrinkage) * cov + shrinkage * torch.trace(cov) / d * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    ridge = shrinkage * torch.trace(cov) / d + (tau2[noisy].mean() if bool(noisy.any()) else 0.0)
+    cov = (1 - shrinkage) * cov + ridge * torch.eye(d, dtype=cov.dtype, device=cov.device)
     means = torch.cat([old_means, new_means.to(old_means)])
     w = torch.linalg.solve(cov, means.T).T  # P mu_c
-    b = -0.5 * (w * means).sum(dim=1)
+    trace_p = torch.linalg.inv(cov).diagonal().sum()
+    b = -0.5 * ((w * means).sum(dim=1) - tau2 * trace_p)
     target = head.weight[:n_old].norm(dim=1).mean()
     scale = target / w[:n_old].norm(dim=1).mean().clamp_min(1e-12)  # from public rows only: old rows never see the release
     n_seen = means.shape[0]
