@@ -139,7 +139,7 @@ def test_mean_init_without_a_generator_or_clip_is_refused_before_training():
         learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=PrivacyConfig(**FAST), show_progress=False)
     assert learner.tasks_learned == 1 and all(torch.equal(v, learner.model.state_dict()[k]) for k, v in state.items())
     rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
-                                    privacy=PrivacyConfig(**FAST, mean_init_clip=20.0))
+                                    privacy=PrivacyConfig(**FAST, mean_init_clip=20.0, mean_init_rule="nearest_mean"))
     assert rep.privacy["mean_init"]["clip"] == 20.0
 
 
@@ -238,3 +238,19 @@ def test_a_private_update_records_its_released_means_for_the_next(base_learner):
     from abd_edge.privacy.mean_init import known_class_means
 
     assert sorted(known_class_means(learner.privacy_ledger, learner.model)) == [2, 3]  # the backbone stayed frozen
+
+
+def test_release_only_update_spends_the_whole_budget_on_the_release(base_learner):
+    from opacus.accountants import RDPAccountant
+
+    learner = copy.deepcopy(base_learner)
+    before = {k: v.clone() for k, v in learner.model.state_dict().items() if not k.startswith("last.")}
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
+                                    privacy=PrivacyConfig(**{**FAST, "target_epsilon": 3.0, "mean_init_fraction": 1.0}))
+    e = rep.privacy
+    assert e["private"] and e["steps"] == 0 and e["noise_multiplier"] == 0.0
+    acc = RDPAccountant()
+    acc.history = [(e["mean_init"]["noise_multiplier"], 1.0, 1)]
+    assert e["epsilon"] == pytest.approx(acc.get_epsilon(delta=e["delta"]), rel=1e-9) and 2.95 <= e["epsilon"] <= 3.0
+    assert all(torch.equal(v, learner.model.state_dict()[k]) for k, v in before.items())  # BN and convs bit-identical
+    assert not torch.equal(learner.model.get_classifier().weight[2:4], base_learner.model.get_classifier().weight[2:4])

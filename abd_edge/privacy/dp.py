@@ -78,7 +78,7 @@ class PrivatePlan:
     def accountant_history(self, steps: int | None = None) -> list[tuple[float, float, int]]:
         """The (noise multiplier, sample rate, steps) entries this update composes: the release, then DP-SGD."""
         head = [(self.release_noise_multiplier, 1.0, 1)] if self.mean_init and self.config.private else []
-        return head + [(self.noise_multiplier, self.sample_rate, self.steps if steps is None else steps)]
+        return head + ([(self.noise_multiplier, self.sample_rate, self.steps if steps is None else steps)] if self.steps else [])
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         cfg = self.config
@@ -117,6 +117,8 @@ def plan_update(privacy: PrivacyConfig, n_images: int, base: TrainConfig, *, fir
             if privacy.mean_init_fraction > 0:
                 sigma_release = noise_for_target(privacy.mean_init_fraction * privacy.target_epsilon, privacy.delta, [], 1.0, 1,
                                                  privacy.accountant)
+            if privacy.mean_init_fraction == 1:  # the release is the whole update: no DP-SGD step
+                return PrivatePlan(privacy, n, batch, epochs, sample_rate, expected, 0, 0.0, sigma_release)
             sigma = noise_for_target(privacy.target_epsilon, privacy.delta,
                                      [(sigma_release, 1.0, 1)] if privacy.mean_init_fraction > 0 else [],
                                      sample_rate, steps, privacy.accountant)
@@ -296,6 +298,39 @@ class FrozenBNSetup(TrainingSetup):
         return {} if self.release is None else {"mean_init": self.release.to_dict()}
 
 
+class NoBatches:
+    """No local batch at all: a private update whose class-mean release is the whole update (``mean_init_fraction=1``)."""
+
+    steps_per_epoch = 0
+
+    def epoch(self, rng: torch.Generator) -> Iterator[torch.Tensor]:
+        return iter(())
+
+
+class ReleaseOnlySetup(FrozenBNSetup):
+    """The class-mean release and the head rule, no DP-SGD step: the accountant's history is the release alone.
+
+    On digits at epsilon 8 the LDA head from the release kept more of the
+    non-private gain before DP-SGD touched the new rows than after
+    (docs/PRIVACY.md), so the whole budget can go to the release.
+    """
+
+    def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device, seed: int,
+                 rows: tuple[int, int] | None = None, local: LocalData | None = None) -> None:
+        super().__init__(model, plan, cfg, device, rows, local, seed)
+        self.batches = NoBatches()
+
+    def ledger_fields(self) -> dict[str, Any]:
+        pc = self.plan.config
+        release = self._release_fields()
+        eps = _epsilon(self.plan.accountant_history(), pc.accountant, pc.delta)
+        release["mean_init"]["epsilon_alone"] = eps
+        return {"private": True, "epsilon": eps, "delta": pc.delta, "accountant": pc.accountant, "noise_multiplier": 0.0,
+                "steps": 0, "sample_rate": None, "expected_batch_size": None, "max_grad_norm": None, "bn": "frozen",
+                "trainable": "none (class-mean release only)", "target_epsilon": pc.target_epsilon, "secure_rng": False,
+                "config": pc.to_dict(), **release}
+
+
 class PoissonBatches:
     """Index batches from Opacus's Poisson-sampling loader over the local images (and nothing else)."""
 
@@ -461,6 +496,8 @@ def make_setup(plan: PrivatePlan, model: nn.Module, cfg: TrainConfig, device: to
                rows: tuple[int, int] | None = None, local: LocalData | None = None) -> FrozenBNSetup:
     """``rows``: the head rows of this update's classes (``trainable="new_head"``, the class-mean release);
     ``local``: the update's images for the class-mean release (``mean_init_fraction > 0``)."""
+    if plan.config.private and plan.steps == 0:
+        return ReleaseOnlySetup(model, plan, cfg, device, seed, rows, local)
     if plan.config.private:
         return DPSetup(model, plan, cfg, device, seed, rows, local)
     return FrozenBNSetup(model, plan, cfg, device, rows, local, seed)
