@@ -238,12 +238,14 @@ class Learner:
         replay = None
         try:
             if plan is not None:
-                from .privacy.dp import make_setup
+                from .privacy.dp import LocalData, make_setup
+                from .privacy.mean_init import known_class_means
 
                 tcfg = plan.train_config(tcfg)
                 seed = privacy.noise_seed if privacy is not None and privacy.noise_seed is not None else int(
                     torch.randint(0, 2**62, (1,), generator=self._seeded_generator(task_index, salt=3), device=self.device))
-                setup = make_setup(plan, model, tcfg, self.device, seed, rows=(n_old, n_seen))
+                setup = make_setup(plan, model, tcfg, self.device, seed, rows=(n_old, n_seen),
+                                   local=LocalData(images, label_idx, normalizer, gen, known_class_means(self.privacy_ledger, model)))
             elif collective is not None:
                 from .parallel import DistributedSetup
 

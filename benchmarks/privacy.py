@@ -101,6 +101,9 @@ def run(args: argparse.Namespace, on_row: Any = None) -> dict[str, Any]:
                                                                     ("abd_bn_frozen_head", "abd", PrivacyConfig(**{**dp, "target_epsilon": math.inf, "lr": args.frozen_head_lr}))]
     for eps in args.epsilons:
         settings.append((f"abd_eps{eps:g}", "abd", PrivacyConfig(target_epsilon=eps, delta=args.delta, **dp)))
+    for item in args.row or []:  # extra private rows: NAME=JSON of PrivacyConfig fields over the --dp-set ones
+        name, _, fields = item.partition("=")
+        settings.append((name, "abd", PrivacyConfig(**{"delta": args.delta, **dp, **json.loads(fields)})))
     if args.only:
         settings = [s for s in settings if s[0] in args.only]
     rows: dict[str, Any] = {}
@@ -311,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                    "the loss attack on the others (shadows are updates: the audit's main cost)")
     p.add_argument("--dp-set", action="append", metavar="FIELD=VALUE", help="PrivacyConfig field override (e.g. epochs=30)")
     p.add_argument("--only", nargs="*", help="run only these rows")
+    p.add_argument("--row", action="append", metavar="NAME=JSON",
+                   help="an extra ABD row with these PrivacyConfig fields, e.g. 'abd_eps8_no_init={\"target_epsilon\": 8, "
+                        "\"mean_init_fraction\": 0}'")
     p.add_argument("--frozen-lr", type=float, default=0.02, help="lr of the abd_bn_frozen row (all layers, no clipping)")
     p.add_argument("--frozen-head-lr", type=float, default=0.1, help="lr of the abd_bn_frozen_head row (no clipping)")
     p.add_argument("--per-class", type=int, help="use at most this many training images per class (server and devices)")

@@ -16,7 +16,9 @@ from abd_edge.privacy import dp, epsilon_of
 
 from conftest import make_task, tiny_config
 
-FAST = dict(accountant="rdp", epochs=2, batch_size=16, delta=1e-3)  # rdp: its noise search takes ~1 s, prv's ~5 s
+# rdp: its noise search takes ~1 s, prv's ~5 s; a class-mean release of 0.1 of the budget, then DP-SGD (the default,
+# mean_init_fraction=1, releases the means and takes no DP-SGD step: tests/test_privacy_mean_init.py)
+FAST = dict(accountant="rdp", epochs=2, batch_size=16, delta=1e-3, mean_init_fraction=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,9 @@ def test_private_update_keeps_batchnorm_bit_identical_and_trains_the_head(base_l
     learner = copy.deepcopy(base_learner)
     before = _bn_state(learner.model)
     head_before = learner.model.get_classifier().weight.detach().clone()
-    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=PrivacyConfig(**FAST), show_progress=False)
+    # nearest_mean sets the new rows only (the LDA rule rewrites the old rows from dreams: test_privacy_mean_init.py)
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
+                                    privacy=PrivacyConfig(**FAST, mean_init_rule="nearest_mean"))
     after = _bn_state(learner.model)
     assert before.keys() == after.keys() and len(before) > 0
     for k in before:
@@ -102,10 +106,18 @@ def test_ledger_epsilon_equals_opacus_accountant(base_learner, accountant):
     e = rep.privacy
     assert e["private"] and e["accountant"] == accountant and e["n_images"] == 60 and e["classes"] == [2, 3]
     acc = PRVAccountant() if accountant == "prv" else RDPAccountant()
-    acc.history = [(e["noise_multiplier"], e["sample_rate"], e["steps"])]
+    release = e["mean_init"]  # the class-mean release: one Gaussian-mechanism step at sample rate 1, then DP-SGD
+    assert release["sample_rate"] == 1.0 and release["steps"] == 1 and release["part_of_update_epsilon"]
+    acc.history = [(release["noise_multiplier"], 1.0, 1), (e["noise_multiplier"], e["sample_rate"], e["steps"])]
     assert e["steps"] == 2 * math.ceil(60 / 16) and e["sample_rate"] == pytest.approx(1 / 4)
     assert e["epsilon"] == pytest.approx(acc.get_epsilon(delta=e["delta"]), rel=1e-9)
-    assert e["epsilon"] <= 3.0 + 0.05
+    assert 3.0 - 0.05 <= e["epsilon"] <= 3.0 + 0.05  # the composed epsilon meets the target
+    alone = PRVAccountant() if accountant == "prv" else RDPAccountant()
+    alone.history = [(e["noise_multiplier"], e["sample_rate"], e["steps"])]
+    assert alone.get_epsilon(delta=e["delta"]) < e["epsilon"] - 1e-3  # DP-SGD alone would under-report it
+    alone.history = [(release["noise_multiplier"], 1.0, 1)]
+    assert release["epsilon_alone"] == pytest.approx(alone.get_epsilon(delta=e["delta"]), rel=1e-9)
+    assert release["epsilon_alone"] <= 0.1 * 3.0 + 0.01  # FAST's share of the budget
     assert learner.privacy_ledger[-1] == e and learner.privacy_ledger[0]["epsilon"] == "inf"
 
 
@@ -121,6 +133,10 @@ def _state(learner: Learner) -> tuple:
     (dict(max_grad_norm=-1.0), "clipping norm"),
     (dict(accountant="moments"), "accountant"),
     (dict(trainable="bn"), "BatchNorm"),
+    (dict(mean_init_fraction=1.5), "mean_init_fraction"),
+    (dict(mean_init_fraction=-0.1), "mean_init_fraction"),
+    (dict(mean_init_fraction=float("nan")), "mean_init_fraction"),
+    (dict(mean_init_clip=0.0), "mean_init_clip"),
 ])
 def test_bad_privacy_settings_fail_before_training_and_change_nothing(base_learner, cfg, match):
     learner = copy.deepcopy(base_learner)

@@ -17,6 +17,7 @@ from ..errors import PrivacyError
 ACCOUNTANTS = ("prv", "rdp")
 
 
+MEAN_INIT_RULES = ("nearest_mean", "lda")
 TRAINABLE_SETS = ("new_head", "head", "last_block", "all")
 
 
@@ -42,7 +43,18 @@ class PrivacyConfig:
     ``"head"`` trains the whole head, ``"last_block"`` the last residual
     block and the head, ``"all"`` every non-BatchNorm layer (on digits at
     epsilon 8 the larger sets lost to the noise: docs/PRIVACY.md).
-    ``augment_multiplicity=K`` averages K augmented views of each local image
+    ``mean_init_fraction=f`` (0 turns it off) first releases per-class
+    sums of the local images' clipped penultimate features and per-class
+    counts with the Gaussian mechanism, calibrated so that the release alone
+    would cost ``f * target_epsilon``, and sets the head from the noisy class
+    means (``mean_init_rule``); for ``f < 1`` DP-SGD then trains with noise
+    calibrated so that the release and the DP-SGD steps *composed* in the
+    accountant meet ``target_epsilon``; ``f = 1`` (the default) makes the
+    release the whole update, no DP-SGD step, because on digits DP-SGD on the
+    released head lost accuracy (abd_edge/privacy/mean_init.py,
+    docs/PRIVACY.md). ``mean_init_clip`` is the features' clipping norm
+    (None: a high quantile of the feature norms of dreamed,
+    public images). ``augment_multiplicity=K`` averages K augmented views of each local image
     into its one per-sample gradient before clipping (same guarantee, lower
     variance, K times the forward cost). With ``target_epsilon=inf`` set
     ``lr`` to a non-private rate (clipping is off there).
@@ -61,6 +73,9 @@ class PrivacyConfig:
     clip_public: bool = True  # cap the dreamed (public) terms' gradient norm at max_grad_norm, for balance (not privacy)
     augment_multiplicity: int = 1  # views of each local image whose gradients are averaged before clipping (De et al., 2022)
     momentum: float | None = None  # None: the learner's later_tasks momentum
+    mean_init_fraction: float = 1.0  # share of the budget for the class-mean release (0: off; 1: the release is the update)
+    mean_init_clip: float | None = None  # feature clipping norm of that release (None: from dreamed features)
+    mean_init_rule: str = "lda"  # "lda": every seen row, old means from dreams; "nearest_mean": new rows only
 
     @property
     def private(self) -> bool:
@@ -87,6 +102,13 @@ class PrivacyConfig:
             raise PrivacyError(f"batch_size must be >= 1 or None, got {self.batch_size}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise PrivacyError(f"lr must be positive and finite or None, got {self.lr}")
+        if not (0 <= self.mean_init_fraction <= 1) or isinstance(self.mean_init_fraction, bool):
+            raise PrivacyError(f"mean_init_fraction must be in [0, 1] (the share of target_epsilon spent on the class-mean "
+                               f"release; 0 turns it off, 1 skips DP-SGD), got {self.mean_init_fraction!r}")
+        if self.mean_init_rule not in MEAN_INIT_RULES:
+            raise PrivacyError(f"mean_init_rule must be one of {list(MEAN_INIT_RULES)}, got {self.mean_init_rule!r}")
+        if self.mean_init_clip is not None and not (self.mean_init_clip > 0 and math.isfinite(self.mean_init_clip)):
+            raise PrivacyError(f"mean_init_clip (the feature clipping norm) must be positive and finite or None, got {self.mean_init_clip}")
         if not self.max_noise_multiplier > 0:
             raise PrivacyError(f"max_noise_multiplier must be positive, got {self.max_noise_multiplier}")
 

@@ -39,8 +39,22 @@ from .config import PrivacyConfig, encode_epsilon
 from ..engine import RunStep, ShuffledBatches, TrainingSetup, clip_norm
 from ..errors import PrivacyError
 from ..methods.base import Method, TaskContext
+from .mean_init import (MeanRelease, backbone_fingerprint, dreamed_features, init_rows_from_means, lda_head, penultimate_features, public_feature_scale,
+                         release_class_means)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalData:
+    """What the class-mean release reads: the update's local images (uint8 as stored), their head-row
+    labels, the learner's normaliser, and the released generator (for a public clipping norm)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    normalize: Any
+    dreams: nn.Module | None = None
+    known_means: dict[int, tuple[torch.Tensor, float]] = dataclasses.field(default_factory=dict)  # earlier releases (mean_init.known_class_means)
 
 
 @dataclass
@@ -55,6 +69,16 @@ class PrivatePlan:
     expected_batch_size: int
     steps: int
     noise_multiplier: float  # 0 for a non-private (epsilon = inf) update
+    release_noise_multiplier: float = 0.0  # the class-mean release's (mean_init.py); 0: none, or noiseless (epsilon = inf)
+
+    @property
+    def mean_init(self) -> bool:
+        return self.config.mean_init_fraction > 0
+
+    def accountant_history(self, steps: int | None = None) -> list[tuple[float, float, int]]:
+        """The (noise multiplier, sample rate, steps) entries this update composes: the release, then DP-SGD."""
+        head = [(self.release_noise_multiplier, 1.0, 1)] if self.mean_init and self.config.private else []
+        return head + ([(self.noise_multiplier, self.sample_rate, self.steps if steps is None else steps)] if self.steps else [])
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         cfg = self.config
@@ -86,21 +110,23 @@ def plan_update(privacy: PrivacyConfig, n_images: int, base: TrainConfig, *, fir
     sample_rate = 1.0 / n_batches  # what Opacus derives from the loader's length
     steps = epochs * n_batches
     expected = max(1, int(n * sample_rate))  # Opacus's expected batch size
-    sigma = 0.0
+    sigma = sigma_release = 0.0
     if privacy.private:
-        from opacus.accountants.utils import get_noise_multiplier
-
+        what = f"target_epsilon={privacy.target_epsilon:g} (delta={privacy.delta:g})"
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sigma = float(get_noise_multiplier(
-                    target_epsilon=privacy.target_epsilon, target_delta=privacy.delta, sample_rate=sample_rate,
-                    steps=steps, accountant=privacy.accountant,
-                ))
+            if privacy.mean_init_fraction > 0:
+                sigma_release = noise_for_target(privacy.mean_init_fraction * privacy.target_epsilon, privacy.delta, [], 1.0, 1,
+                                                 privacy.accountant)
+            if privacy.mean_init_fraction == 1:  # the release is the whole update: no DP-SGD step
+                return PrivatePlan(privacy, n, batch, epochs, sample_rate, expected, 0, 0.0, sigma_release)
+            sigma = noise_for_target(privacy.target_epsilon, privacy.delta,
+                                     [(sigma_release, 1.0, 1)] if privacy.mean_init_fraction > 0 else [],
+                                     sample_rate, steps, privacy.accountant)
         except ValueError as e:
             raise PrivacyError(
-                f"target_epsilon={privacy.target_epsilon:g} (delta={privacy.delta:g}) is unreachable for {n} images "
-                f"with {steps} steps at sample rate {sample_rate:.3g}: {e} Raise epsilon, or lower epochs"
+                f"{what} is unreachable for {n} images with {steps} steps at sample rate {sample_rate:.3g}"
+                f"{f' after a class-mean release of {privacy.mean_init_fraction:g} of it' if privacy.mean_init_fraction else ''}"
+                f": {e} Raise epsilon, or lower epochs"
             ) from None
         if sigma > privacy.max_noise_multiplier:
             raise PrivacyError(
@@ -109,7 +135,47 @@ def plan_update(privacy: PrivacyConfig, n_images: int, base: TrainConfig, *, fir
                 f"{privacy.max_noise_multiplier:g}: the update would be noise. Raise epsilon, lower epochs, or gather "
                 f"more local images"
             )
-    return PrivatePlan(privacy, n, batch, epochs, sample_rate, expected, steps, sigma)
+    return PrivatePlan(privacy, n, batch, epochs, sample_rate, expected, steps, sigma, sigma_release)
+
+
+def noise_for_target(target_epsilon: float, delta: float, before: list[tuple[float, float, int]], sample_rate: float,
+                     steps: int, accountant: str, tolerance: float = 0.01, max_sigma: float = 2000.0) -> float:
+    """The smallest noise multiplier (to ``tolerance`` in epsilon) whose steps, composed after ``before``, meet the target.
+
+    Without ``before`` this is Opacus's ``get_noise_multiplier`` (same
+    search, same result); with it, the accountant composes the earlier
+    entries (the class-mean release) and the DP-SGD steps in one history,
+    so the update's epsilon is the composed one. Raises ValueError if even
+    ``max_sigma`` does not meet the target.
+    """
+    from opacus.accountants.utils import create_accountant, get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not before:
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                              steps=steps, accountant=accountant, epsilon_tolerance=tolerance))
+        acc = create_accountant(mechanism=accountant)
+
+        def eps(sigma: float) -> float:
+            acc.history = [*before, (sigma, sample_rate, steps)]
+            return float(acc.get_epsilon(delta=delta))
+
+        low, high, eps_high = 0.0, 10.0, eps(10.0)
+        while eps_high > target_epsilon:
+            low, high = high, 2 * high
+            if high > max_sigma:
+                raise ValueError(f"no noise multiplier up to {max_sigma:g} meets it (the earlier release alone spends "
+                                 f"{eps(max_sigma):.3g}).")
+            eps_high = eps(high)
+        while target_epsilon - eps_high > tolerance:
+            mid = (low + high) / 2
+            e = eps(mid)
+            if e < target_epsilon:
+                high, eps_high = mid, e
+            else:
+                low = mid
+        return high
 
 
 def trainable_modules(model: nn.Module, trainable: str) -> nn.Module:
@@ -134,8 +200,11 @@ class FrozenBNSetup(TrainingSetup):
     """
 
     def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device,
-                 rows: tuple[int, int] | None = None) -> None:
+                 rows: tuple[int, int] | None = None, local: LocalData | None = None, seed: int = 0) -> None:
         self.plan = plan
+        self.release: MeanRelease | None = None
+        if plan.mean_init:
+            self.release = self._initialise_new_rows(model, rows, local, seed)
         self._flags = [(p, p.requires_grad) for p in model.parameters()]
         self._head = model.get_classifier()  # type: ignore[operator]
         self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -161,6 +230,35 @@ class FrozenBNSetup(TrainingSetup):
         super().__init__(model, optimizer, ShuffledBatches(plan.n_images, plan.batch_size, device),
                          None if plan.config.private else clip_norm(cfg))
         self.steps_taken = 0
+
+    def _initialise_new_rows(self, model: nn.Module, rows: tuple[int, int] | None, local: LocalData | None,
+                             seed: int) -> MeanRelease:
+        """The class-mean release (mean_init.py): new head rows at the noisy class means; nothing else changes."""
+        if rows is None or local is None:
+            raise PrivacyError("mean_init_fraction > 0 needs the update's new head rows and local images; "
+                               "pass rows= and local= to make_setup, or set mean_init_fraction=0")
+        pc = self.plan.config
+        n_old = rows[0]
+        dreams = None
+        if pc.mean_init_clip is None or pc.mean_init_rule == "lda":
+            dreams = dreamed_features(model, local.dreams, seed + 3, 1024 if pc.mean_init_rule == "lda" else 256, n_old)
+        clip = pc.mean_init_clip if pc.mean_init_clip is not None else public_feature_scale(dreams[0])  # type: ignore[index]
+        feats = penultimate_features(model, local.images, local.normalize)
+        device = feats.device
+        release = release_class_means(feats, local.labels - n_old, rows[1] - n_old, clip, self.plan.release_noise_multiplier,
+                                      torch.Generator(device=device).manual_seed(seed + 2))
+        release.classes, release.backbone = list(range(n_old, rows[1])), backbone_fingerprint(model)
+        head = model.get_classifier()  # type: ignore[operator]
+        scale = None
+        if dreams is not None and pc.mean_init_rule == "lda":
+            scale = lda_head(head, n_old, release.means, *dreams, release.noise_var, known=local.known_means)
+        if scale is None:
+            if pc.mean_init_rule == "lda":
+                log.warning("class-mean release: dreams miss an old class; only the new rows are set (nearest mean)")
+            scale = init_rows_from_means(head, n_old, release.means)
+        log.info("class-mean release: noise multiplier %.3f, feature clip %.3g, rows scaled by %.3g",
+                 release.noise_multiplier, clip, scale)
+        return release
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()
@@ -193,7 +291,44 @@ class FrozenBNSetup(TrainingSetup):
         return {"private": False, "epsilon": encode_epsilon(math.inf), "delta": None, "accountant": None,
                 "noise_multiplier": 0.0, "steps": self.steps_taken, "sample_rate": None,
                 "expected_batch_size": self.plan.batch_size, "max_grad_norm": None,
-                "bn": "frozen", "trainable": self.plan.config.trainable, "config": self.plan.config.to_dict()}
+                "bn": "frozen", "trainable": self.plan.config.trainable, "config": self.plan.config.to_dict(),
+                **self._release_fields()}
+
+    def _release_fields(self) -> dict[str, Any]:
+        return {} if self.release is None else {"mean_init": self.release.to_dict()}
+
+
+class NoBatches:
+    """No local batch at all: a private update whose class-mean release is the whole update (``mean_init_fraction=1``)."""
+
+    steps_per_epoch = 0
+
+    def epoch(self, rng: torch.Generator) -> Iterator[torch.Tensor]:
+        return iter(())
+
+
+class ReleaseOnlySetup(FrozenBNSetup):
+    """The class-mean release and the head rule, no DP-SGD step: the accountant's history is the release alone.
+
+    On digits at epsilon 8 the LDA head from the release kept more of the
+    non-private gain before DP-SGD touched the new rows than after
+    (docs/PRIVACY.md), so the whole budget can go to the release.
+    """
+
+    def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device, seed: int,
+                 rows: tuple[int, int] | None = None, local: LocalData | None = None) -> None:
+        super().__init__(model, plan, cfg, device, rows, local, seed)
+        self.batches = NoBatches()
+
+    def ledger_fields(self) -> dict[str, Any]:
+        pc = self.plan.config
+        release = self._release_fields()
+        eps = _epsilon(self.plan.accountant_history(), pc.accountant, pc.delta)
+        release["mean_init"]["epsilon_alone"] = eps
+        return {"private": True, "epsilon": eps, "delta": pc.delta, "accountant": pc.accountant, "noise_multiplier": 0.0,
+                "steps": 0, "sample_rate": None, "expected_batch_size": None, "max_grad_norm": None, "bn": "frozen",
+                "trainable": "none (class-mean release only)", "target_epsilon": pc.target_epsilon, "secure_rng": False,
+                "config": pc.to_dict(), **release}
 
 
 class PoissonBatches:
@@ -216,11 +351,11 @@ class DPSetup(FrozenBNSetup):
     """DP-SGD through Opacus on the local-data terms; dreamed terms added after the noise."""
 
     def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device, seed: int,
-                 rows: tuple[int, int] | None = None) -> None:
+                 rows: tuple[int, int] | None = None, local: LocalData | None = None) -> None:
         from opacus import PrivacyEngine
         from torch.utils.data import DataLoader, TensorDataset
 
-        super().__init__(model, plan, cfg, device, rows)
+        super().__init__(model, plan, cfg, device, rows, local, seed)
         pc = plan.config
         # The private loader holds indices of the local images only: dreamed images never enter it.
         self.local_indices = TensorDataset(torch.arange(plan.n_images))
@@ -236,6 +371,10 @@ class DPSetup(FrozenBNSetup):
                 grad_sample_mode="hooks", loss_reduction="mean",
             )
         dp_loader.batch_sampler.generator = torch.Generator().manual_seed(seed + 1)
+        if self.release is not None:
+            # The release is one Gaussian-mechanism step at sample rate 1; DP-SGD's steps compose after it.
+            self.engine.accountant.history.append((plan.release_noise_multiplier, 1.0, 1))
+
         self.loader = dp_loader
         self.batches = PoissonBatches(dp_loader, device)
         assert abs(self.optimizer.expected_batch_size - plan.expected_batch_size) < 1e-9
@@ -331,17 +470,34 @@ class DPSetup(FrozenBNSetup):
 
     def ledger_fields(self) -> dict[str, Any]:
         pc = self.plan.config
-        steps = sum(int(h[2]) for h in self.engine.accountant.history)
+        history = self.engine.accountant.history
+        steps = sum(int(h[2]) for h in history) - (1 if self.release is not None else 0)  # the release is not a DP-SGD step
+        release = self._release_fields()
+        if release:
+            release["mean_init"]["epsilon_alone"] = _epsilon([history[0]], pc.accountant, pc.delta)
         return {"private": True, "epsilon": self.epsilon_spent(), "delta": pc.delta, "accountant": pc.accountant,
                 "noise_multiplier": self.plan.noise_multiplier, "steps": steps, "sample_rate": self.plan.sample_rate,
                 "expected_batch_size": self.plan.expected_batch_size, "max_grad_norm": pc.max_grad_norm,
                 "bn": "frozen", "trainable": pc.trainable, "target_epsilon": pc.target_epsilon,
-                "secure_rng": False, "config": pc.to_dict()}
+                "secure_rng": False, "config": pc.to_dict(), **release}
+
+
+def _epsilon(history: list[tuple[float, float, int]], accountant: str, delta: float) -> float:
+    from opacus.accountants.utils import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = list(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(acc.get_epsilon(delta=delta))
 
 
 def make_setup(plan: PrivatePlan, model: nn.Module, cfg: TrainConfig, device: torch.device, seed: int,
-               rows: tuple[int, int] | None = None) -> FrozenBNSetup:
-    """``rows``: the head rows of this update's classes (for ``trainable="new_head"``)."""
+               rows: tuple[int, int] | None = None, local: LocalData | None = None) -> FrozenBNSetup:
+    """``rows``: the head rows of this update's classes (``trainable="new_head"``, the class-mean release);
+    ``local``: the update's images for the class-mean release (``mean_init_fraction > 0``)."""
+    if plan.config.private and plan.steps == 0:
+        return ReleaseOnlySetup(model, plan, cfg, device, seed, rows, local)
     if plan.config.private:
-        return DPSetup(model, plan, cfg, device, seed, rows)
-    return FrozenBNSetup(model, plan, cfg, device, rows)
+        return DPSetup(model, plan, cfg, device, seed, rows, local)
+    return FrozenBNSetup(model, plan, cfg, device, rows, local, seed)
