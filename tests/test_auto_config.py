@@ -132,7 +132,7 @@ def test_setup_step_clips_the_global_norm():
         m = Pair()
         opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the step leaves the weights, the grads stay readable
         setup = TrainingSetup(m, opt, ShuffledBatches(1, 1, torch.device("cpu")), limit)
-        setup.step(lambda x, y, r: m.w.sum() * 3.0 + m.b.sum() * 4.0, Loss(), None, torch.zeros(1), None, None)
+        setup.step(lambda x, y, r: m.w.sum() * 3.0 + m.b.sum() * 4.0, Loss(), None, torch.zeros(1), torch.zeros(1, dtype=torch.long), None)
         return m.w.grad, m.b.grad
 
     w, b = step_grads(1.0)  # grads (3, 3) and (4): norm sqrt(34), scaled to 1
