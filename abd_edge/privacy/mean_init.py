@@ -5,7 +5,12 @@ features, and DP-SGD starts them from random He rows, so part of its
 budget and steps go into finding the classes at all. One Gaussian release of
 per-class sums of the local images' penultimate features (under the released,
 frozen backbone) and of per-class counts places each new row at its class's
-noisy mean, then DP-SGD fine-tunes from there.
+noisy mean; with ``mean_init_fraction < 1`` DP-SGD then fine-tunes from
+there. With ``mean_init_rule="lda"`` every seen row comes from one
+shared-covariance rule (old means and the covariance from dreams, new
+means from the release), and by default (``mean_init_fraction=1``) that
+release is the whole private update: on digits DP-SGD after it lost more
+to its noise than it added (docs/PRIVACY.md).
 
 The mechanism: each local image ``i`` of class ``c`` contributes one vector
 ``v_i`` with its feature clipped to norm ``C`` in class ``c``'s slot and
