@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
+
+from .prediction import PredictionResult
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +76,5 @@ def warn_about(report: LearnReport, floor: float) -> None:
 
 
 @dataclass
-class Prediction:
-    """Predicted class indices with the user's labels and names for them."""
-
-    indices: torch.Tensor
-    labels: list[int | str]
-    names: list[str]
-    probabilities: torch.Tensor = field(repr=False)
+class Prediction(PredictionResult["torch.Tensor"]):
+    """Predicted class indices with the user's labels and names for them (torch tensors, on the CPU)."""

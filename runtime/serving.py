@@ -20,15 +20,14 @@ from abd_edge.bundle_format import verify_files
 from abd_edge.bundle_schema import CLASSIFIER_INT8_ONNX, CLASSIFIER_ONNX, Manifest, session_options
 from abd_edge.errors import BundleError, BundleIntegrityError, ConfigError, ImageSpecError
 from abd_edge.onnx_compat import open_session
+from abd_edge.prediction import PredictionResult
 
 
 @dataclass
-class RuntimePrediction:
-    indices: np.ndarray
-    labels: list[int | str]
-    names: list[str]
-    probabilities: np.ndarray = field(repr=False)
-    version: str | None = None  # the bundle version that computed all of the above
+class RuntimePrediction(PredictionResult[np.ndarray]):
+    """What ``Learner.predict`` returns, as numpy arrays, and the bundle version that computed it."""
+
+    version: str | None = None
 
 
 def served_file(int8: bool) -> str:

@@ -63,8 +63,12 @@ def test_export_then_predict_matches_torch(base_bundle):
     assert dev.class_names == ["zero", "one"] and dev.labels == [0, 1] and dev.input_shape == (8, 8, 1)
     ort_logits = dev.logits(nhwc(x))
     assert np.abs(ort_logits - learner.logits(x).numpy()).max() <= 1e-4
-    pred = dev.predict(nhwc(x[:3]))
-    assert pred.names == [learner.class_names[i] for i in learner.predict(x[:3]).indices.tolist()]
+    pred, torch_pred = dev.predict(nhwc(x[:3])), learner.predict(x[:3])
+    assert pred.names == [learner.class_names[i] for i in torch_pred.indices.tolist()]
+    from abd_edge.prediction import PredictionResult  # one result type for the engine and the device
+
+    assert isinstance(pred, PredictionResult) and isinstance(torch_pred, PredictionResult)
+    assert pred.labels == torch_pred.labels and pred.version == "v000001"
     assert dev.predict(nhwc(x[:1])[0]).indices.shape == (1,)  # a single HWC image
     m = dev.manifest
     assert m.input.dtype == "uint8" and m.input.shape == (8, 8, 1) and m.format_version == 2
