@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from abd_edge.config import METHODS, LearnerConfig
 from abd_edge.data import LabeledImages, class_order, load_cifar10_jpeg, load_cifar_python, load_digits, load_image_folder, split_tasks
 from abd_edge.errors import ConfigError, DatasetError
 from abd_edge.metrics import AccuracyMatrix
+from abd_edge.resources import max_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def learner_config(spec: BenchSpec, method: str) -> LearnerConfig:
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return max_rss_bytes() / 2**20
 
 
 def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict[str, Any]:
