@@ -16,21 +16,21 @@ from typing import Any, Hashable, Mapping, Protocol, Sequence
 
 import torch
 
+from abd_edge.auto_config import PAPER_DREAM_BATCH, auto_batch_size
 from abd_edge.bundle_format import GENERATOR_ONNX, LEARNER_DIR, fault_point
 from abd_edge.bundle_store import BundleStore
 from abd_edge.config import LearnerConfig
 from abd_edge.data.adapters import as_labeled_images
 from abd_edge.errors import BundleError
-from abd_edge.auto_config import PAPER_DREAM_BATCH, auto_batch_size
 from abd_edge.learner import Learner
 from abd_edge.memory_budget import MemoryPlan, plan_memory, pool_mb
-
-NO_CAP = MemoryPlan(None, None, None, None)
-from abd_edge.resources import current_rss_bytes, release_memory
 from abd_edge.reports import LearnReport
+from abd_edge.resources import current_rss_bytes, release_memory
 
 from .bundle import export_bundle
 from .quality import QualityGate, check_update, dream_old_classes
+
+NO_CAP = MemoryPlan(None, None, None, None)  # a plan without micro-batches (no memory cap)
 
 __all__ = ["UpdateBudget", "LocalUpdate", "budget_overrides", "memory_plan", "update_bundle"]
 
