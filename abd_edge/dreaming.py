@@ -25,6 +25,7 @@ from .collective import Collective, batch_mean_var, synced_batchnorm
 from .config import DreamConfig
 from .microbatch import row_chunks
 from .models.generator import Generator
+from .models.resnet import eval_features
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -436,10 +437,7 @@ def measure_diversity(
         entropy = float(-(nz * nz.log()).sum() / math.log(n_classes)) if n_classes > 1 else 1.0
         spread: dict[int, float] = {}
         if real_images is not None and real_labels is not None:
-            real_feats = torch.cat([
-                classifier.forward_features(real_images[s : s + batch_size].contiguous(memory_format=memory_format)).float()  # type: ignore[operator]
-                for s in range(0, real_images.shape[0], batch_size)
-            ])
+            real_feats = eval_features(classifier, real_images, batch_size=batch_size, memory_format=memory_format)
             for k in sorted(set(real_labels.tolist())):
                 dreamed_k, real_k = feat[pred == k], real_feats[real_labels == k]
                 if dreamed_k.shape[0] >= 2 and real_k.shape[0] >= 2:

@@ -71,3 +71,20 @@ def test_registry_errors():
         build_generator("gan", 32, 3)
     with pytest.raises(ValueError, match="8\\*2\\^k"):
         build_generator("abd", 48, 3)
+
+
+def test_eval_features_batches_leave_mode_and_bn_statistics_alone():
+    from abd_edge.models.resnet import eval_features
+
+    torch.manual_seed(0)
+    model = build_backbone("resnet20", 4, 3).train()
+    x = torch.randn(10, 3, 32, 32)
+    stats = [b.running_mean.clone() for b in model.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    whole = eval_features(model, x, batch_size=64)
+    assert model.training  # restored
+    assert all(torch.equal(s, b.running_mean) for s, b in zip(stats, [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]))
+    with torch.no_grad():
+        ref = model.eval().forward_features(x)
+    assert whole.dtype == torch.float32 and torch.allclose(eval_features(model, x, batch_size=3), ref, atol=1e-5)
+    halved = eval_features(model, x * 2, batch_size=4, prepare=lambda b: b / 2)
+    assert torch.allclose(halved, ref, atol=1e-5)

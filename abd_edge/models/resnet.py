@@ -13,9 +13,39 @@ inverts.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@torch.no_grad()
+def eval_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 512,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Float32 ``forward_features`` of ``images`` in eval mode, batch by batch; the model is left in the mode it came in.
+
+    Eval mode: BatchNorm uses its running statistics and never updates them.
+    ``prepare`` turns one batch into model input (e.g. uint8 -> normalised);
+    without it ``images`` already are model input.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for s in range(0, images.shape[0], batch_size):
+            x = images[s : s + batch_size]
+            x = prepare(x) if prepare is not None else x
+            out.append(model.forward_features(x.contiguous(memory_format=memory_format)).float())  # type: ignore[operator]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
 
 
 class ZeroPadShortcut(nn.Module):

@@ -33,6 +33,7 @@ import torch
 
 from ..data.augment import to_unit_float
 from ..data.images import LabeledImages
+from ..models.resnet import eval_features
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -156,11 +157,8 @@ def _real_normalised(learner: "Learner", data: LabeledImages) -> torch.Tensor:
     return learner.normalizer(to_unit_float(data.images.to(learner.device))).float()
 
 
-@torch.no_grad()
-def _features(learner: "Learner", x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    model = learner.model.eval()
-    return torch.cat([model.forward_features(x[s : s + batch].contiguous(memory_format=learner._memory_format)).float()
-                      for s in range(0, len(x), batch)])
+def _features(learner: "Learner", x: torch.Tensor) -> torch.Tensor:
+    return eval_features(learner.model, x, memory_format=learner._memory_format)
 
 
 def _nn(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

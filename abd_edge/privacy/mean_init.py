@@ -37,6 +37,7 @@ from torch import nn
 
 from ..engine import to_unit_float
 from ..errors import PrivacyError
+from ..models.resnet import eval_features
 
 SENSITIVITY_FACTOR = math.sqrt(2.0)  # L2 sensitivity of the released vector, in units of the clipping norm C
 
@@ -45,14 +46,7 @@ SENSITIVITY_FACTOR = math.sqrt(2.0)  # L2 sensitivity of the released vector, in
 def penultimate_features(model: nn.Module, images: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor],
                          batch_size: int = 512) -> torch.Tensor:
     """Float32 penultimate features of un-augmented images under the frozen model (eval mode: BN statistics used, never updated)."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = [model.forward_features(normalize(to_unit_float(images[i : i + batch_size]))).float()  # type: ignore[operator]
-               for i in range(0, images.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
+    return eval_features(model, images, batch_size=batch_size, prepare=lambda x: normalize(to_unit_float(x)))
 
 
 @torch.no_grad()
