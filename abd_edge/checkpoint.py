@@ -28,6 +28,7 @@ from .bundle_format import (
     write_json,
     write_manifest,
 )
+from .class_statistics import ClassStatistics
 from .compute import resolve_device
 from .config import LearnerConfig
 from .engine import Normalizer
@@ -81,6 +82,8 @@ def learner_tensors(learner: "Learner") -> dict[str, torch.Tensor]:
         tensors.update({f"generator.{k}": v.detach().cpu().contiguous() for k, v in st.generator.state_dict().items()})
     tensors["normalizer.mean"] = st.normalizer.mean.cpu()
     tensors["normalizer.std"] = st.normalizer.std.cpu()
+    if st.class_statistics is not None:
+        tensors.update(st.class_statistics.tensors())
     return tensors
 
 
@@ -96,6 +99,7 @@ def learner_state(learner: "Learner", opt_scalars: dict[str, Any] | None) -> dic
         "tasks_learned": st.tasks_learned,
         "generator_optimizer": opt_scalars,
         "history": [r.to_dict() for r in learner.history],
+        "class_statistics": st.class_statistics.to_dict() if st.class_statistics is not None else None,
     }
 
 
@@ -194,12 +198,18 @@ def read_learner(directory: Path, *, device: str | None = None, hashes: bool = T
         normalizer = Normalizer(tensors["normalizer.mean"], tensors["normalizer.std"]).to(torch_device)
         if normalizer.mean.numel() != c or normalizer.std.numel() != c:
             raise ValueError(f"normalizer has {normalizer.mean.numel()} channels, input_shape says {c}")
+        statistics = None
+        if state.get("class_statistics") is not None:
+            statistics = ClassStatistics.from_saved(state["class_statistics"], tensors).to(torch_device)
+            if statistics.means.shape[1] != model.feature_dim or max(statistics.rows) >= len(registry):
+                raise ValueError(f"class statistics of {statistics.means.shape[1]}-d features for rows {list(statistics.rows)} do "
+                                 f"not fit a {model.feature_dim}-d backbone with {len(registry)} classes")
     except AbdEdgeError as e:
         raise BundleError(f"{directory} holds an unusable learner state: {e}") from e
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as e:
         raise BundleIntegrityError(f"{directory} holds an inconsistent learner state: {type(e).__name__}: {e}") from e
     state = LearnerState(
         registry=registry, model=model, generator=gen, generator_opt=gen_opt, normalizer=normalizer,
-        input_shape=(c, h, w), tasks_learned=tasks_learned,
+        input_shape=(c, h, w), tasks_learned=tasks_learned, class_statistics=statistics,
     )
     return SavedLearner(cfg, state, history)

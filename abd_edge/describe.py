@@ -58,6 +58,7 @@ def describe_version(directory: Path) -> dict[str, Any]:
         "method": learner.get("method"),
         "tasks_learned": learner.get("tasks_learned"),
         "history": learner.get("history", []),
+        "class_statistics": learner.get("class_statistics"),
         "quantization": None if quant is None else {
             k: quant.get(k) for k in ("included", "warning", "agreement", "calibration") if k in quant
         },
@@ -91,6 +92,7 @@ def describe_learner(directory: Path) -> dict[str, Any]:
         "registry": registry,
         "history": state.get("history", []),
         "keeps_generator_optimizer": state.get("generator_optimizer") is not None,
+        "class_statistics": state.get("class_statistics"),
         "privacy": state.get("privacy") or state.get("privacy_ledger"),
         "config": state.get("config"),
         "sizes": _sizes(manifest),

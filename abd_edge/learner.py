@@ -13,6 +13,7 @@ import torch
 
 from .auto_config import content_channels, resolved_settings, settle_for_call, settle_for_data
 from .checkpoint import read_learner, save_learner
+from .class_statistics import ClassStatistics, compute_class_statistics
 from .collective import Collective, synced_batchnorm
 from .compute import autocasts, compile_backend, config_threads, make_cuda_repeatable, resolve_device
 from .config import LearnerConfig
@@ -245,7 +246,8 @@ class Learner:
                 seed = privacy.noise_seed if privacy is not None and privacy.noise_seed is not None else int(
                     torch.randint(0, 2**62, (1,), generator=self._seeded_generator(task_index, salt=3), device=self.device))
                 setup = make_setup(plan, model, tcfg, self.device, seed, rows=(n_old, n_seen),
-                                   local=LocalData(images, label_idx, normalizer, gen, known_class_means(self.privacy_ledger, model)))
+                                   local=LocalData(images, label_idx, normalizer, gen, known_class_means(self.privacy_ledger, model),
+                                                   statistics=st.class_statistics))
             elif collective is not None:
                 from .parallel import DistributedSetup
 
@@ -279,6 +281,7 @@ class Learner:
                 # A few of this call's images (in locals only, dropped at return) to compare the dreams' spread with.
                 probe = torch.arange(0, images.shape[0], max(1, images.shape[0] // 512), device=images.device)[:512]
                 probe_x, probe_y = normalizer(to_unit_float(images[probe])), label_idx[probe]
+            statistics = self._class_statistics_after(model, images, label_idx, normalizer, private, tcfg.micro_batch or 512)
             del images
             release_memory()  # what training freed goes back to the system before dreaming allocates its own
             dream_report = DreamReport(0, 0.0, {}, {})
@@ -325,11 +328,27 @@ class Learner:
         # Commit: swap in the new state as a whole.
         self._state = LearnerState(
             registry=registry, model=model, generator=gen, generator_opt=gen_opt,
-            normalizer=normalizer, input_shape=(c, h, w), tasks_learned=task_index + 1,
+            normalizer=normalizer, input_shape=(c, h, w), tasks_learned=task_index + 1, class_statistics=statistics,
         )
         self.config = settled
         self.history.append(report)
         return report
+
+    def _class_statistics_after(self, model: CifarResNet, images: torch.Tensor, rows: torch.Tensor, normalizer: Normalizer,
+                                private: bool, batch_size: int) -> ClassStatistics | None:
+        """The class statistics to keep after this update (class_statistics.py): never of private data.
+
+        A non-private update adds its images' statistics (to the kept ones if
+        the backbone did not change, else in their place); a private one
+        adds nothing; either way, statistics of another backbone are dropped.
+        """
+        kept = self._state.class_statistics
+        if kept is not None and not kept.holds_for(model):
+            kept = None
+        if private or not self.config.class_statistics:
+            return kept if self.config.class_statistics else None
+        fresh = compute_class_statistics(model, images, rows, lambda x: normalizer(to_unit_float(x)), batch_size=batch_size)
+        return kept.merged(fresh) if kept is not None else fresh
 
     def _ledger_entry(self, task_index: int, n_old: int, n_seen: int, labels: list[Any], n_images: int,
                       setup: Any, first: bool) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .class_statistics import ClassStatistics
 from .config import LearnerConfig
 from .engine import Normalizer
 from .models import build_backbone, build_generator
@@ -25,6 +26,7 @@ class LearnerState:
     normalizer: Normalizer | None = None
     input_shape: tuple[int, int, int] | None = None  # (C, H, W)
     tasks_learned: int = 0
+    class_statistics: ClassStatistics | None = None  # of non-private tasks' data, in the current backbone
 
 
 def build_models(

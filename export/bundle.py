@@ -155,7 +155,10 @@ def export_bundle(
             generator=None if learner.generator is None or serve_only else GeneratorSpec(
                 learner.generator.zdim, onnx=gen_info is not None),
             learner={"method": learner.config.method, "tasks_learned": learner.tasks_learned,
-                     "config": learner.config.to_dict(), "history": [r.to_dict() for r in learner.history]},
+                     "config": learner.config.to_dict(), "history": [r.to_dict() for r in learner.history],
+                     # what of the non-private data the learner's weights carry (docs/PRIVACY.md); none without them
+                     "class_statistics": None if serve_only or learner._state.class_statistics is None
+                     else learner._state.class_statistics.to_dict()},
             privacy={"ledger": list(getattr(learner, "privacy_ledger", []))},
             parity=parity,
             quantization=quant,

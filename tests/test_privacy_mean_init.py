@@ -131,8 +131,8 @@ def test_noiseless_mean_init_separates_the_new_classes(base_learner):
     assert (logits.argmax(1) + 2 == labels).float().mean() >= 0.9
 
 
-def test_mean_init_without_a_generator_or_clip_is_refused_before_training():
-    learner = Learner(tiny_config("finetune"))
+def test_mean_init_without_a_generator_statistics_or_clip_is_refused_before_training():
+    learner = Learner(tiny_config("finetune", class_statistics=False))
     learner.learn_new_classes(make_task([0, 1], seed=1), show_progress=False)
     state = {k: v.clone() for k, v in learner.model.state_dict().items()}
     with pytest.raises(PrivacyError, match="mean_init_clip"):
@@ -152,7 +152,7 @@ def test_lda_head_by_hand():
     before = copy.deepcopy(head)
     dreams = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 3.0]])  # old means [2, 0], [0, 2]
     labels = torch.tensor([0, 0, 1, 1])  # within-class covariance diag(0.5, 0.5): shrinking to trace/d * I keeps it
-    scale = lda_head(head, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, shrinkage=0.1, min_dreams=2)
+    scale = lda_head(head, 2, torch.tensor([[2.0, 2.0]]), dreams=(dreams, labels), shrinkage=0.1, min_dreams=2)
     s = 3.5 / 4.0  # P = 2 I: old rows [4, 0], [0, 4] (norm 4), new row [4, 4]
     assert scale == pytest.approx(s)
     assert torch.allclose(head.weight[:3], s * torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 4.0]]))
@@ -160,12 +160,12 @@ def test_lda_head_by_hand():
     assert torch.equal(head.weight[3], before.weight[3]) and torch.equal(head.bias[3], before.bias[3])
     # an old class with too few dreams: no rule, head untouched
     untouched = copy.deepcopy(before)
-    assert lda_head(untouched, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=3) is None
+    assert lda_head(untouched, 2, torch.tensor([[2.0, 2.0]]), dreams=(dreams, labels), min_dreams=3) is None
     assert torch.equal(untouched.weight, before.weight) and torch.equal(untouched.bias, before.bias)
     # a noisy new mean (error variance 0.5 per coordinate): ridge 0.1 * 0.5 + 0.5, so cov = 0.45 + 0.55 = I and P = I;
     # its quadratic term is debiased by tau^2 tr(P) = 0.5 * 2: bias -(8 - 1) / 2 instead of -8 / 2
     noisy = copy.deepcopy(before)
-    scale = lda_head(noisy, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, torch.tensor([0.5]), shrinkage=0.1, min_dreams=2)
+    scale = lda_head(noisy, 2, torch.tensor([[2.0, 2.0]]), torch.tensor([0.5]), dreams=(dreams, labels), shrinkage=0.1, min_dreams=2)
     assert scale == pytest.approx(3.5 / 2.0)
     assert torch.allclose(noisy.weight[:3], scale * torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 2.0]]))
     assert torch.allclose(noisy.bias[:3], scale * torch.tensor([-2.0, -2.0, -3.5]))
@@ -221,8 +221,8 @@ def test_released_means_are_reused_only_in_the_same_backbone(base_learner):
     # lda_head takes a known old mean instead of the dreamed one (class 0 here, no dreams needed for it)
     head = torch.nn.Linear(2, 3)
     dreams, labels = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, 1.0], [0.0, 3.0]]), torch.tensor([1, 1, 1, 1])
-    assert lda_head(copy.deepcopy(head), 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=1, shrinkage=0.1) is None
-    assert lda_head(head, 2, torch.tensor([[2.0, 2.0]]), dreams, labels, min_dreams=1, shrinkage=0.1,
+    assert lda_head(copy.deepcopy(head), 2, torch.tensor([[2.0, 2.0]]), dreams=(dreams, labels), min_dreams=1, shrinkage=0.1) is None
+    assert lda_head(head, 2, torch.tensor([[2.0, 2.0]]), dreams=(dreams, labels), min_dreams=1, shrinkage=0.1,
                     known={0: (torch.tensor([4.0, 0.0]), 0.0)}) is not None
     # covariance from the class-1 dreams: diag(0, 1) shrunk by 0.1 toward 0.5 I: diag(0.05, 0.95)
     w = torch.stack([torch.tensor([4.0, 0.0]) / 0.05, torch.tensor([0.0, 2.0]) / 0.95])
@@ -254,3 +254,36 @@ def test_release_only_update_spends_the_whole_budget_on_the_release(base_learner
     assert e["epsilon"] == pytest.approx(acc.get_epsilon(delta=e["delta"]), rel=1e-9) and 2.95 <= e["epsilon"] <= 3.0
     assert all(torch.equal(v, learner.model.state_dict()[k]) for k, v in before.items())  # BN and convs bit-identical
     assert not torch.equal(learner.model.get_classifier().weight[2:4], base_learner.model.get_classifier().weight[2:4])
+
+
+def test_without_a_generator_the_class_statistics_serve_the_release():
+    """A learner with no generator (finetune) builds the LDA head from its base task's statistics: no dreams needed."""
+    learner = Learner(tiny_config("finetune"))
+    learner.learn_new_classes(make_task([0, 1], seed=1), show_progress=False)
+    stats = learner._state.class_statistics
+    assert stats is not None and stats.rows == (0, 1)
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=PrivacyConfig(**FAST), show_progress=False)
+    rel = rep.privacy["mean_init"]
+    assert rel["public_inputs"] == {"statistics": [0, 1], "releases": [], "dreams": [], "covariance": "statistics",
+                                    "clip": "statistics"}
+    assert rel["clip"] == pytest.approx(stats.norm_quantile)
+    # a private update adds no statistics of its local images: the kept ones are the base task's, bit for bit
+    after = learner._state.class_statistics
+    assert after is not None and after.rows == (0, 1) and torch.equal(after.scatter, stats.scatter)
+
+
+def test_lda_head_from_class_statistics_by_hand():
+    """Old means and the covariance from statistics: no dreams read (None passed), same rule as from dreams."""
+    from abd_edge.privacy.mean_init import lda_head
+
+    head = torch.nn.Linear(2, 4)
+    with torch.no_grad():
+        head.weight[:2] = torch.tensor([[3.0, 4.0], [0.0, 2.0]])  # old rows: mean norm 3.5
+    known = {0: (torch.tensor([2.0, 0.0]), 0.0), 1: (torch.tensor([0.0, 2.0]), 0.0)}
+    scale = lda_head(head, 2, torch.tensor([[2.0, 2.0]]), known=known, covariance=torch.eye(2) * 0.5, shrinkage=0.1)
+    s = 3.5 / 4.0  # P = 2 I as in test_lda_head_by_hand
+    assert scale == pytest.approx(s)
+    assert torch.allclose(head.weight[:3], s * torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 4.0]]))
+    assert torch.allclose(head.bias[:3], s * torch.tensor([-4.0, -4.0, -8.0]))
+    # without a covariance (and no dreams) there is no rule
+    assert lda_head(torch.nn.Linear(2, 4), 2, torch.tensor([[2.0, 2.0]]), known=known) is None

@@ -39,8 +39,9 @@ from .config import PrivacyConfig, encode_epsilon
 from ..engine import RunStep, ShuffledBatches, TrainingSetup, clip_norm
 from ..errors import PrivacyError
 from ..methods.base import Method, TaskContext
-from .mean_init import (MeanRelease, backbone_fingerprint, dreamed_features, init_rows_from_means, lda_head, penultimate_features, public_feature_scale,
-                         release_class_means)
+from ..class_statistics import ClassStatistics, backbone_fingerprint
+from .mean_init import (MeanRelease, dreamed_features, init_rows_from_means, lda_head, penultimate_features, public_feature_scale,
+                        public_old_means, release_class_means)
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class LocalData:
     """What the class-mean release reads: the update's local images (uint8 as stored), their head-row
-    labels, the learner's normaliser, and the released generator (for a public clipping norm)."""
+    labels, the learner's normaliser, and what is public to it: the released generator, earlier releases'
+    means, and the class statistics of non-private data (class_statistics.py) where they hold for this backbone."""
 
     images: torch.Tensor
     labels: torch.Tensor
     normalize: Any
     dreams: nn.Module | None = None
     known_means: dict[int, tuple[torch.Tensor, float]] = dataclasses.field(default_factory=dict)  # earlier releases (mean_init.known_class_means)
+    statistics: ClassStatistics | None = None
 
 
 @dataclass
@@ -239,21 +242,37 @@ class FrozenBNSetup(TrainingSetup):
                                "pass rows= and local= to make_setup, or set mean_init_fraction=0")
         pc = self.plan.config
         n_old = rows[0]
-        dreams = None
-        if pc.mean_init_clip is None or pc.mean_init_rule == "lda":
-            dreams = dreamed_features(model, local.dreams, seed + 3, 1024 if pc.mean_init_rule == "lda" else 256, n_old)
-        clip = pc.mean_init_clip if pc.mean_init_clip is not None else public_feature_scale(dreams[0])  # type: ignore[index]
+        stats = local.statistics if local.statistics is not None and local.statistics.holds_for(model) else None
+        known = public_old_means(stats, local.known_means) if pc.mean_init_rule == "lda" else {}
+        lda = pc.mean_init_rule == "lda"
+        # Dreams only where nothing better is public: an old class with no statistics or release, the
+        # covariance without statistics, or the clipping norm without statistics or a set clip.
+        need_dreams = (lda and (stats is None or any(c not in known for c in range(n_old)))) or (
+            pc.mean_init_clip is None and stats is None)
+        dreams = dreamed_features(model, local.dreams, seed + 3, 1024 if lda else 256, n_old) if need_dreams else None
+        if pc.mean_init_clip is not None:
+            clip = pc.mean_init_clip
+        elif stats is not None:
+            clip = stats.norm_quantile
+        else:
+            clip = public_feature_scale(dreams[0])  # type: ignore[index]
         feats = penultimate_features(model, local.images, local.normalize)
         device = feats.device
         release = release_class_means(feats, local.labels - n_old, rows[1] - n_old, clip, self.plan.release_noise_multiplier,
                                       torch.Generator(device=device).manual_seed(seed + 2))
         release.classes, release.backbone = list(range(n_old, rows[1])), backbone_fingerprint(model)
+        release.old_sources = {"statistics": sorted(c for c in range(n_old) if stats is not None and c in stats.rows),
+                               "releases": sorted(c for c in known if stats is None or c not in stats.rows),
+                               "dreams": sorted(c for c in range(n_old) if c not in known),
+                               "covariance": "statistics" if stats is not None else "dreams",
+                               "clip": "set" if pc.mean_init_clip is not None else ("statistics" if stats is not None else "dreams")}
         head = model.get_classifier()  # type: ignore[operator]
         scale = None
-        if dreams is not None and pc.mean_init_rule == "lda":
-            scale = lda_head(head, n_old, release.means, *dreams, release.noise_var, known=local.known_means)
+        if lda:
+            scale = lda_head(head, n_old, release.means, release.noise_var, known=known, dreams=dreams,
+                             covariance=stats.covariance if stats is not None else None)
         if scale is None:
-            if pc.mean_init_rule == "lda":
+            if lda:
                 log.warning("class-mean release: dreams miss an old class; only the new rows are set (nearest mean)")
             scale = init_rows_from_means(head, n_old, release.means)
         log.info("class-mean release: noise multiplier %.3f, feature clip %.3g, rows scaled by %.3g",

@@ -27,7 +27,6 @@ release (means, row scaling, biases) is post-processing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -35,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..class_statistics import ClassStatistics, backbone_fingerprint
 from ..engine import to_unit_float
 from ..errors import PrivacyError
 from ..models.resnet import eval_features
@@ -56,8 +56,9 @@ def dreamed_features(model: nn.Module, generator: nn.Module | None, seed: int, n
     Public: the released generator and model, and a seed; no local image.
     """
     if generator is None:
-        raise PrivacyError("the class-mean release needs dreamed (public) features, for its clipping norm and, with "
-                           "mean_init_rule='lda', the old classes' means, and this learner has no generator: set "
+        raise PrivacyError("the class-mean release needs public features of the old classes: class statistics of the "
+                           "non-private data in this backbone (LearnerConfig.class_statistics), which this learner does not "
+                           "hold for every old class, or dreamed features, and it has no generator: set "
                            "PrivacyConfig(mean_init_clip=..., mean_init_rule='nearest_mean') or mean_init_fraction=0")
     was = generator.training, model.training
     generator.eval()
@@ -106,6 +107,7 @@ class MeanRelease:
     noise_multiplier: float
     classes: list[int] = dataclasses.field(default_factory=list)  # their head rows
     backbone: str = ""  # fingerprint of the frozen features the means live in
+    old_sources: dict[str, Any] = dataclasses.field(default_factory=dict)  # where the LDA rule's old means, covariance and clip came from
 
     @property
     def sensitivity(self) -> float:
@@ -120,18 +122,8 @@ class MeanRelease:
         return {"noise_multiplier": self.noise_multiplier, "sample_rate": 1.0, "steps": 1, "clip": self.clip,
                 "l2_sensitivity": self.sensitivity, "noisy_counts": [round(float(c), 3) for c in self.counts],
                 "part_of_update_epsilon": True, "classes": list(self.classes),
-                "noisy_means": [[float(v) for v in row] for row in self.means.cpu()], "backbone_sha256": self.backbone}
-
-
-def backbone_fingerprint(model: nn.Module) -> str:
-    """sha256 of every parameter and buffer outside the head: later updates reuse released means only in the same features."""
-    head = {id(t) for t in model.get_classifier().parameters()}  # type: ignore[operator]
-    h = hashlib.sha256()
-    for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) not in head:
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+                "noisy_means": [[float(v) for v in row] for row in self.means.cpu()], "backbone_sha256": self.backbone,
+                "public_inputs": dict(self.old_sources)}
 
 
 def known_class_means(ledger: Iterable[Mapping[str, Any]], model: nn.Module) -> dict[int, tuple[torch.Tensor, float]]:
@@ -150,6 +142,15 @@ def known_class_means(ledger: Iterable[Mapping[str, Any]], model: nn.Module) -> 
             std = float(rel["noise_multiplier"]) * float(rel["l2_sensitivity"])
             for c, mu, n in zip(rel["classes"], rel["noisy_means"], rel["noisy_counts"]):
                 out[int(c)] = (torch.tensor(mu, dtype=torch.float32, device=device), (std / max(1.0, float(n))) ** 2)
+    return out
+
+
+def public_old_means(statistics: ClassStatistics | None,
+                     released: Mapping[int, tuple[torch.Tensor, float]]) -> dict[int, tuple[torch.Tensor, float]]:
+    """Old head row -> (mean, noise variance): the non-private data's class statistics (exact), else an earlier release (noisy)."""
+    out = dict(released)
+    if statistics is not None:
+        out.update({r: (m, 0.0) for r, m in statistics.means_by_row().items()})
     return out
 
 
@@ -186,46 +187,59 @@ def init_rows_from_means(head: nn.Linear, n_old: int, means: torch.Tensor) -> fl
 
 
 @torch.no_grad()
-def lda_head(head: nn.Linear, n_old: int, new_means: torch.Tensor, dream_feats: torch.Tensor, dream_labels: torch.Tensor,
-             new_noise_var: torch.Tensor | None = None, *, shrinkage: float = 0.3, min_dreams: int = 4,
-             known: Mapping[int, tuple[torch.Tensor, float]] | None = None) -> float | None:
-    """Every seen row from a shared-covariance (LDA) rule; returns the scale, or None (head unchanged) if dreams miss a class.
+def lda_head(head: nn.Linear, n_old: int, new_means: torch.Tensor, new_noise_var: torch.Tensor | None = None, *,
+             known: Mapping[int, tuple[torch.Tensor, float]] | None = None,
+             dreams: tuple[torch.Tensor, torch.Tensor] | None = None, covariance: torch.Tensor | None = None,
+             shrinkage: float = 0.3, min_dreams: int = 4) -> float | None:
+    """Every seen row from a shared-covariance (LDA) rule; returns the scale, or None (head unchanged) if an old class has no source.
 
     Why: on frozen features, the old rows (trained against the old classes
     only) and new rows set or trained beside them are on different scales;
-    one rule for all classes puts them on one. Old classes' means and the
-    shared within-class covariance come from dreamed features (public), the
-    new classes' means from the release, so this is post-processing; the old
-    rows (and the common scale) depend on public inputs only.
+    one rule for all classes puts them on one. Everything it reads is public
+    to the update: the new classes' means from the release; each old class's
+    mean from ``known`` (row -> (mean, its noise variance ``tau^2``): the
+    non-private data's class statistics with ``tau^2 = 0``, or an earlier
+    private update's release, :func:`known_class_means`), else from
+    ``dreams`` (features, old-class labels) of the released generator; the
+    within-class covariance from ``covariance`` (the class statistics'),
+    else from the dreams around their own classes' dreamed means.
     ``w_c = s P mu_c``, ``b_c = -s (mu_c' P mu_c - tau_c^2 tr P) / 2`` with
     ``P`` the inverse of the covariance shrunk toward ``trace/d * I`` plus
-    the released means' mean noise variance ``tau^2 I``. A noisy mean
+    the noisy means' mean noise variance ``tau^2 I``. A noisy mean
     ``mu + e`` (``e ~ N(0, tau^2 I)``) has ``E[(mu+e)' P (mu+e)] = mu' P mu
     + tau^2 tr P``: without the correction every noisy class is pushed down
     by that term (on digits at epsilon 8 the new classes were never
     predicted). ``s`` puts the old rows at their previous mean norm (argmax
-    unchanged; the DP-SGD steps start on the usual scale). ``new_noise_var``:
-    per new class ``tau_c^2``; ``known``: old class -> (released mean, its
-    ``tau^2``) from earlier private updates (:func:`known_class_means`),
-    used instead of the dreamed mean.
+    unchanged; the DP-SGD steps start on the usual scale).
     """
     known = known or {}
     k = new_means.shape[0]
-    counts = torch.bincount(dream_labels, minlength=n_old)
-    if n_old == 0 or any(int(counts[c]) < min_dreams for c in range(n_old) if c not in known):
+    missing = [c for c in range(n_old) if c not in known]
+    if n_old == 0 or ((missing or covariance is None) and dreams is None):
         return None
-    dreamed = torch.zeros(n_old, dream_feats.shape[1], dtype=dream_feats.dtype, device=dream_feats.device)
-    dreamed.index_add_(0, dream_labels, dream_feats).div_(counts.clamp_min(1)[:, None].to(dream_feats.dtype))
-    centred = dream_feats - dreamed[dream_labels]  # the covariance: dreams around their own classes' dreamed means
-    old_means = torch.stack([known[c][0].to(dreamed) if c in known else dreamed[c] for c in range(n_old)])
+    device = new_means.device
+    dreamed: torch.Tensor | None = None
+    if dreams is not None:
+        dream_feats, dream_labels = dreams[0].float(), dreams[1]
+        counts = torch.bincount(dream_labels, minlength=n_old)
+        if any(int(counts[c]) < min_dreams for c in missing):
+            return None
+        dreamed = torch.zeros(n_old, dream_feats.shape[1], dtype=dream_feats.dtype, device=dream_feats.device)
+        dreamed.index_add_(0, dream_labels, dream_feats).div_(counts.clamp_min(1)[:, None].to(dream_feats.dtype))
+        if covariance is None:
+            centred = dream_feats - dreamed[dream_labels]  # dreams around their own classes' dreamed means
+            covariance = centred.T @ centred / centred.shape[0]
+    assert covariance is not None
+    cov = covariance.float().to(device)
+    old_means = torch.stack([known[c][0].float().to(device) if c in known else dreamed[c].to(device)  # type: ignore[index]
+                             for c in range(n_old)])
     tau2 = torch.cat([torch.tensor([known[c][1] if c in known else 0.0 for c in range(n_old)]),
-                      torch.zeros(k) if new_noise_var is None else new_noise_var.float().cpu()]).to(dreamed)
+                      torch.zeros(k) if new_noise_var is None else new_noise_var.float().cpu()]).to(cov)
     noisy = tau2 > 0
-    cov = centred.T @ centred / centred.shape[0]
     d = cov.shape[0]
     ridge = shrinkage * torch.trace(cov) / d + (tau2[noisy].mean() if bool(noisy.any()) else 0.0)
     cov = (1 - shrinkage) * cov + ridge * torch.eye(d, dtype=cov.dtype, device=cov.device)
-    means = torch.cat([old_means, new_means.to(old_means)])
+    means = torch.cat([old_means, new_means.float().to(device)])
     w = torch.linalg.solve(cov, means.T).T  # P mu_c
     trace_p = torch.linalg.inv(cov).diagonal().sum()
     b = -0.5 * ((w * means).sum(dim=1) - tau2 * trace_p)
