@@ -29,6 +29,20 @@ from abd_edge.apps.simulate import _uint8, default_budget
 from privacy import _static_accuracy, apply_budget  # benchmarks/privacy.py (this script's directory is on sys.path)
 
 
+def read_settings(text: str) -> dict[str, Any]:
+    """``--settings``: inline JSON (it starts with "{") or a path to a JSON file.
+
+    Inline JSON is recognised by its first character, not by trying it as a
+    path first: a long JSON string is no valid file name (OSError "File name
+    too long" from ``Path.is_file``).
+    """
+    raw = text if text.lstrip().startswith("{") else Path(text).read_text()
+    settings = json.loads(raw)
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise SystemExit(f"--settings must be a JSON object of name -> PrivacyConfig fields, got {raw[:80]!r}")
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=0)
@@ -37,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/privacy-sweep.jsonl")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = json.loads(Path(args.settings).read_text() if Path(args.settings).is_file() else args.settings)
+    settings = read_settings(args.settings)
     train, test = load_benchmark_data("digits", None)
     train, test = _uint8(train), _uint8(test)
     labels = train.unique_labels()
