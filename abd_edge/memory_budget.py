@@ -3,7 +3,7 @@
 Measured on a 2-core AMD EPYC (torch 2.14 CUDA build on the CPU, bf16
 autocast, ResNet-32 and the paper's generator on 32x32 images, peak RSS
 sampled every 3 ms per phase; docs/DEPLOYMENT.md): above what the process
-holds when the update starts (~780 MiB there: the torch import alone is
+holds when the update starts (~830 MiB there, with 10,000 local images loaded: the torch import alone is
 ~510 MiB, the first ``torch.optim`` optimizer imports ``torch._dynamo``,
 ~150 MiB more, then the learner and ONNX Runtime), a training step costs
 about ``TRAIN_FIXED_MB`` plus ``TRAIN_MB_PER_ROW`` per row of one forward

@@ -146,6 +146,7 @@ def update_bundle(
         if method:
             learner.reconfigure(method=method)
         plan = memory_plan(learner, budget, len(data), learner.method.uses_replay)  # MemoryBudgetError: nothing changed
+        micro_before = learner.config.later_tasks.micro_batch, learner.config.dream.micro_batch
         learner.reconfigure(**budget_overrides(learner.config, budget, plan, n_images=len(data)))
         threads_before = torch.get_num_threads()
         if budget.threads is not None:
@@ -168,8 +169,11 @@ def update_bundle(
             torch.set_num_threads(threads_before)
         del data
         release_memory()  # training's and dreaming's freed memory back to the system before the export allocates
-        # The plan fitted this device's memory at this moment; the exported learner's config does not keep it.
-        learner.reconfigure(**budget_overrides(learner.config, budget, NO_CAP))
+        # The plan fitted this device's memory at this moment: the exported learner's config drops its micro-batches
+        # and keeps everything else this update trained with (the budget's epochs, iterations, replay pool).
+        cfg = learner.config
+        learner.reconfigure(later_tasks=dataclasses.replace(cfg.later_tasks, micro_batch=micro_before[0]),
+                            dream=dataclasses.replace(cfg.dream, micro_batch=micro_before[1]))
         fault_point("update_trained")
         t_export = time.perf_counter()
         summary = {

@@ -145,12 +145,17 @@ def test_update_applies_the_budget_and_exports_no_micro_batches(bundle, tmp_path
     scale = 8 * 8 / 1024
     # pretend the process holds all but enough for dreaming micro-batches of 9 (of 16)
     monkeypatch.setattr(lu, "current_rss_bytes", lambda: int((10_000 - DREAM_FIXED_MB - 9.5 * DREAM_MB_PER_IMAGE * scale) * 2**20))
-    upd = update_bundle(store, make_task([2, 3], seed=1), budget=DeviceBudget(epochs=1, dream_iterations=2, max_memory_mb=10_000, replay_pool_batches=0),
+    data = make_task([2, 3], seed=1)
+    upd = update_bundle(store, data, budget=DeviceBudget(epochs=1, dream_iterations=2, max_memory_mb=10_000, replay_pool_batches=1000),
                         gate=QualityGate(enabled=False))
     assert upd.memory.dream_micro_batch == 9 and upd.memory.train_micro_batch is None
     assert upd.learn.dream_iterations == 2
     saved = Learner.load(store.version_dir(upd.version) / "learner")
     assert saved.config.dream.micro_batch is None and saved.config.later_tasks.micro_batch is None
+    # everything else is what the update trained with: the pool capped at one batch per training step (bug: the
+    # micro-batch reset re-applied the budget without the image count and saved the uncapped 1000)
+    steps = math.ceil(len(data[0]) / saved.config.later_tasks.batch_size)
+    assert saved.config.replay_pool_batches == steps < 1000
 
 
 def test_a_budget_that_cannot_fit_changes_nothing(bundle, tmp_path):
