@@ -140,7 +140,7 @@ def test_mean_init_without_a_generator_statistics_or_clip_is_refused_before_trai
     assert learner.tasks_learned == 1 and all(torch.equal(v, learner.model.state_dict()[k]) for k, v in state.items())
     rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
                                     privacy=PrivacyConfig(**FAST, mean_init_clip=20.0, mean_init_rule="nearest_mean"))
-    assert rep.privacy["mean_init"]["clip"] == 20.0
+    assert rep.privacy["mean_init"]["clip"] == 20.0 and rep.privacy["mean_init"]["public_inputs"] == {"clip": "set"}
 
 
 def test_lda_head_by_hand():

@@ -261,11 +261,12 @@ class FrozenBNSetup(TrainingSetup):
         release = release_class_means(feats, local.labels - n_old, rows[1] - n_old, clip, self.plan.release_noise_multiplier,
                                       torch.Generator(device=device).manual_seed(seed + 2))
         release.classes, release.backbone = list(range(n_old, rows[1])), backbone_fingerprint(model)
-        release.old_sources = {"statistics": sorted(c for c in range(n_old) if stats is not None and c in stats.rows),
-                               "releases": sorted(c for c in known if stats is None or c not in stats.rows),
-                               "dreams": sorted(c for c in range(n_old) if c not in known),
-                               "covariance": "statistics" if stats is not None else "dreams",
-                               "clip": "set" if pc.mean_init_clip is not None else ("statistics" if stats is not None else "dreams")}
+        clip_source = "set" if pc.mean_init_clip is not None else ("statistics" if stats is not None else "dreams")
+        release.old_sources = {"clip": clip_source} if not lda else {
+            "statistics": sorted(c for c in range(n_old) if stats is not None and c in stats.rows),
+            "releases": sorted(c for c in known if stats is None or c not in stats.rows),
+            "dreams": sorted(c for c in range(n_old) if c not in known),
+            "covariance": "statistics" if stats is not None else "dreams", "clip": clip_source}
         head = model.get_classifier()  # type: ignore[operator]
         scale = None
         if lda:
