@@ -8,12 +8,14 @@ tasks arrive one by one as local updates with the device budget
 * ``never_updated``: the base model forever;
 * ``finetune``: non-private update without replay;
 * ``abd``: the non-private ABD update (BatchNorm trained, every layer);
-* ``abd_bn_frozen``: ABD with BatchNorm frozen, every other layer trained, no
-  clipping or noise (epsilon = inf): the cost of freezing BN alone;
-* ``abd_bn_frozen_head``: the private update's trainable set (the new
-  classes' head rows) and schedule without clipping or noise: adds the cost
-  of training only those rows, so the eps rows' further loss is the noise's;
-* ``abd_eps{E}``: ABD with DP-SGD at epsilon E (delta 1e-5).
+* ``abd_bn_frozen``: ABD with BatchNorm frozen, every other layer trained by
+  SGD, no class-mean release, clipping or noise (epsilon = inf,
+  ``mean_init_fraction=0``): the cost of freezing BN alone;
+* ``abd_bn_frozen_head``: the private update's schedule without its noise
+  (epsilon = inf at the PrivacyConfig defaults: the class-mean head from the
+  exact means, nothing trained), so the eps rows' further loss is the noise's;
+* ``abd_eps{E}``: the private update at epsilon E (delta 1e-5; by default the
+  class-mean release, with ``mean_init_fraction < 1`` DP-SGD after it).
 
 Per row: accuracy on all seen classes after each update, the epsilon spent,
 seconds and peak memory of each update, and after the last update a
@@ -100,7 +102,8 @@ def run(args: argparse.Namespace, on_row: Any = None) -> dict[str, Any]:
     dp = parse_privacy_sets(args.dp_set or [])
     settings: list[tuple[str, str | None, PrivacyConfig | None]] = [("never_updated", None, None), ("finetune", "finetune", None),
                                                                     ("abd", "abd", None),
-                                                                    ("abd_bn_frozen", "abd", PrivacyConfig(**{**dp, "target_epsilon": math.inf, "trainable": "all", "lr": args.frozen_lr})),
+                                                                    ("abd_bn_frozen", "abd", PrivacyConfig(**{**dp, "target_epsilon": math.inf, "trainable": "all", "lr": args.frozen_lr,
+                                                                                                            "mean_init_fraction": 0.0})),
                                                                     ("abd_bn_frozen_head", "abd", PrivacyConfig(**{**dp, "target_epsilon": math.inf, "lr": args.frozen_head_lr}))]
     for eps in args.epsilons:
         settings.append((f"abd_eps{eps:g}", "abd", PrivacyConfig(target_epsilon=eps, delta=args.delta, **dp)))

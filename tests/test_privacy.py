@@ -189,13 +189,20 @@ def test_dreaming_after_a_private_update_depends_only_on_the_released_model(base
         assert torch.equal(a, b), k
 
 
-def test_non_private_bn_frozen_update_is_recorded_as_epsilon_inf(base_learner):
+@pytest.mark.parametrize("fraction", [1.0, 0.0])
+def test_non_private_bn_frozen_update_is_recorded_as_epsilon_inf(base_learner, fraction):
+    """epsilon = inf is the private schedule without noise: by default (fraction 1) the noiseless class-mean head and
+    no training step; with mean_init_fraction=0, BN-frozen SGD on the new rows."""
     learner = copy.deepcopy(base_learner)
     before = _bn_state(learner.model)
-    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2),
-                                    privacy=PrivacyConfig(target_epsilon=math.inf, epochs=1, batch_size=16), show_progress=False)
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), show_progress=False,
+                                    privacy=PrivacyConfig(target_epsilon=math.inf, epochs=1, batch_size=16, mean_init_fraction=fraction))
     assert rep.privacy["epsilon"] == "inf" and epsilon_of(rep.privacy) == math.inf and rep.privacy["bn"] == "frozen"
-    assert rep.train_accuracy is not None
+    assert not rep.privacy["private"] and rep.train_accuracy is not None
+    assert (rep.privacy["steps"] == 0) == (fraction == 1.0)
+    assert ("mean_init" in rep.privacy) == (fraction == 1.0)
+    if fraction == 1.0:
+        assert rep.privacy["mean_init"]["noise_multiplier"] == 0.0 and rep.train_seconds < 1.0
     assert all(torch.equal(v, _bn_state(learner.model)[k]) for k, v in before.items())
 
 

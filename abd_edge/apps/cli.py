@@ -238,8 +238,8 @@ def _info(args: argparse.Namespace) -> int:
 
 def _add_privacy_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("differential privacy (docs/PRIVACY.md)")
-    g.add_argument("--epsilon", type=float, help="make the update(s) differentially private at this epsilon (inf: BN-frozen, no noise); "
-                   "the private schedule is PrivacyConfig's (20 epochs, expected batch 64, lr 1)")
+    g.add_argument("--epsilon", type=float, help="make the update(s) differentially private at this epsilon (inf: the same schedule without "
+                   "noise); PrivacyConfig's defaults: one class-mean release sets the head, nothing trained, BN frozen")
     g.add_argument("--delta", type=float, default=1e-5, help="with --epsilon: delta (default 1e-5; must be below 1/N)")
     g.add_argument("--max-grad-norm", type=float, help="with --epsilon: per-sample clipping norm (default: PrivacyConfig's)")
     g.add_argument("--accountant", choices=["prv", "rdp"], default="prv")

@@ -114,6 +114,10 @@ def plan_update(privacy: PrivacyConfig, n_images: int, base: TrainConfig, *, fir
     steps = epochs * n_batches
     expected = max(1, int(n * sample_rate))  # Opacus's expected batch size
     sigma = sigma_release = 0.0
+    if not privacy.private and privacy.mean_init_fraction == 1:
+        # epsilon = inf with the default schedule: the release without noise and no training step, i.e. the private
+        # update's schedule without its noise (what the benchmark's noiseless row and a fast device update need)
+        return PrivatePlan(privacy, n, batch, epochs, sample_rate, expected, 0, 0.0, 0.0)
     if privacy.private:
         what = f"target_epsilon={privacy.target_epsilon:g} (delta={privacy.delta:g})"
         try:
@@ -330,6 +334,10 @@ class NoBatches:
 class ReleaseOnlySetup(FrozenBNSetup):
     """The class-mean release and the head rule, no DP-SGD step: the accountant's history is the release alone.
 
+    With epsilon = inf the release has no noise: the head is the LDA rule on
+    the exact class means of the local images, and nothing is trained (the
+    private update's schedule without its noise).
+
     On digits at epsilon 8 the LDA head from the release kept more of the
     non-private gain before DP-SGD touched the new rows than after
     (docs/PRIVACY.md), so the whole budget can go to the release.
@@ -343,6 +351,8 @@ class ReleaseOnlySetup(FrozenBNSetup):
     def ledger_fields(self) -> dict[str, Any]:
         pc = self.plan.config
         release = self._release_fields()
+        if not pc.private:  # epsilon = inf: a noiseless release, the head rule, nothing trained
+            return {**super().ledger_fields(), "steps": 0, "trainable": "none (class-mean head, no noise)", **release}
         eps = _epsilon(self.plan.accountant_history(), pc.accountant, pc.delta)
         release["mean_init"]["epsilon_alone"] = eps
         return {"private": True, "epsilon": eps, "delta": pc.delta, "accountant": pc.accountant, "noise_multiplier": 0.0,
@@ -516,7 +526,7 @@ def make_setup(plan: PrivatePlan, model: nn.Module, cfg: TrainConfig, device: to
                rows: tuple[int, int] | None = None, local: LocalData | None = None) -> FrozenBNSetup:
     """``rows``: the head rows of this update's classes (``trainable="new_head"``, the class-mean release);
     ``local``: the update's images for the class-mean release (``mean_init_fraction > 0``)."""
-    if plan.config.private and plan.steps == 0:
+    if plan.steps == 0 and plan.mean_init:
         return ReleaseOnlySetup(model, plan, cfg, device, seed, rows, local)
     if plan.config.private:
         return DPSetup(model, plan, cfg, device, seed, rows, local)
