@@ -24,7 +24,7 @@ from .data.augment import BatchAugment, to_unit_float
 from .data.images import LabeledImages
 from .dreaming import DreamReport, ReplaySampler, measure_diversity, train_generator
 from .engine import Normalizer, TrainResult, predict_logits, train_task, weight_align
-from .errors import ConfigError, ImageSpecError, NotFittedError
+from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
 from .learner_state import LearnerState, build_models
 from .methods import TaskContext, build_method
 from .models.generator import Generator
@@ -434,6 +434,36 @@ class Learner:
         targets = torch.tensor(self.registry.indices_of(data.labels))
         pred = self.logits(data).argmax(dim=1)
         return float((pred == targets).float().mean())
+
+    @config_threads
+    def record_class_statistics(self, dataset: Any) -> ClassStatistics:
+        """Keep class statistics (class_statistics.py) of already-learned classes, from non-private images of them.
+
+        Why: a learner saved before class statistics existed, or learned with
+        ``class_statistics=False``, can gain them without retraining: whoever
+        learned those classes passes their training images again, and later
+        private updates take the old classes from them instead of from dreams.
+        The images must not be private ones: the statistics travel with the
+        learner and its bundles (docs/PRIVACY.md). Kept statistics of other
+        classes in the same backbone are kept too; bad input changes nothing.
+        """
+        self._require_fitted("record_class_statistics")
+        data = as_labeled_images(dataset)
+        self._check_images(data.images, self.input_shape)
+        rows = torch.tensor(self.registry.indices_of(data.labels), device=self.device)  # LabelError for an unlearned label
+        st = self._state
+        assert st.model is not None and st.normalizer is not None
+        kept = st.class_statistics if st.class_statistics is not None and st.class_statistics.holds_for(st.model) else None
+        if kept is not None:
+            again = sorted(set(kept.rows) & set(rows.unique().tolist()))
+            if again:
+                raise LabelError(f"class statistics of labels {[self.registry.label_of(r) for r in again]} are kept already; "
+                                 "pass images of the other learned classes only")
+        fresh = compute_class_statistics(st.model, data.images.to(self.device), rows,
+                                         lambda x: st.normalizer(to_unit_float(x)))  # type: ignore[misc]
+        stats = kept.merged(fresh) if kept is not None else fresh
+        self._state = dataclasses.replace(st, class_statistics=stats)
+        return stats
 
     @config_threads
     @torch.no_grad()

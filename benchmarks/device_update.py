@@ -20,7 +20,15 @@ average (``os.getloadavg``) before and after.
 Variant keys: ``images`` (a class-balanced subset of the 10,000 local
 images), ``epochs``, ``dream`` (dreaming iterations), ``mem``
 (``max_memory_mb``), ``batch`` (training batch), ``pool`` (``replay_pool_batches``),
-``seed`` (which subset).
+``seed`` (which subset), ``eps`` (``PrivacyConfig(target_epsilon=eps)``
+at its defaults; ``eps=inf``: the class-mean head from the exact means,
+nothing trained, docs/PRIVACY.md).
+
+A server bundle made before class statistics existed gains them without
+retraining (``Learner.record_class_statistics`` on task 1's images):
+
+    python benchmarks/device_update.py --statistics-bundle runs/server-stats --from-learner runs/server/learner \
+        --data cifar10_jpeg.npz --threads 2
 """
 
 from __future__ import annotations
@@ -38,11 +46,11 @@ from typing import Any
 
 import numpy as np
 
-KEYS = {"images": int, "epochs": int, "dream": int, "mem": float, "batch": int, "pool": int, "seed": int}
+KEYS = {"images": int, "epochs": int, "dream": int, "mem": float, "batch": int, "pool": int, "seed": int, "eps": float}
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"images": 10_000, "epochs": 1, "dream": 40, "mem": None, "batch": None, "pool": None, "seed": 0}
+    out: dict[str, Any] = {"images": 10_000, "epochs": 1, "dream": 40, "mem": None, "batch": None, "pool": None, "seed": 0, "eps": None}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
         if key not in KEYS:
@@ -81,6 +89,24 @@ def make_bundle(out: Path, data: str, threads: int) -> None:
     print(f"server task 1 in {seconds:.0f} s -> {out / 'bundle'}")
 
 
+def statistics_bundle(out: Path, learner_dir: Path, data: str, threads: int) -> None:
+    """A saved server learner (task 1) with class statistics of task 1's training images, exported to ``out/bundle``."""
+    import torch
+
+    from abd_edge.apps.bench import load_benchmark_data
+    from abd_edge.apps.simulate import _uint8
+    from abd_edge.export import export_bundle
+    from abd_edge.learner import Learner
+
+    torch.set_num_threads(threads)
+    train, _ = load_benchmark_data("cifar10", data)
+    learner = Learner.load(learner_dir)
+    stats = learner.record_class_statistics(_uint8(train).select_labels(task_split()[0]))
+    learner.save(out / "learner")
+    export_bundle(learner, out / "bundle")
+    print(f"class statistics of rows {list(stats.rows)} ({int(stats.counts.sum())} images) -> {out / 'bundle'}")
+
+
 def prepare_data(data: str, cache: Path) -> None:
     """Task 2's training images and the test images of tasks 1-2, as uint8 NHWC, in one small file."""
     from abd_edge.apps.bench import load_benchmark_data
@@ -108,6 +134,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     labels = [int(c) for c in y]
     device = runtime.open(spec["bundle"])
     pool = {} if v.get("pool") is None else {"replay_pool_batches": v["pool"]}  # unset: DeviceBudget's default
+    if v.get("eps") is not None:
+        from abd_edge.privacy.config import PrivacyConfig
+
+        pool["privacy"] = PrivacyConfig(target_epsilon=v["eps"])
     budget = DeviceBudget(epochs=v["epochs"], dream_iterations=v["dream"], batch_size=v["batch"],
                           threads=spec["threads"], max_memory_mb=v["mem"], **pool)
     load_before = os.getloadavg()
@@ -140,20 +170,21 @@ def run_variant(variant: dict[str, Any], bundle: Path, cache: Path, threads: int
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'images':>6} {'epochs':>6} {'dream':>5} {'pool':>4} {'cap MiB':>7} {'seconds':>7} {'train':>6} {'dream s':>7} "
+    head = (f"{'images':>6} {'epochs':>6} {'dream':>5} {'pool':>4} {'cap MiB':>7} {'eps':>4} {'seconds':>7} {'train':>6} {'dream s':>7} "
             f"{'export':>6} {'peak MiB':>8} {'held':>5} {'fits':>4} {'acc %':>6} {'load':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         v = r["variant"]
         cap = "-" if v["mem"] is None else f"{v['mem']:.0f}"
+        eps = "-" if v.get("eps") is None else f"{v['eps']:g}"
         if "error" in r:
-            lines.append(f"{v['images']:>6} {v['epochs']:>6} {v['dream']:>5} {v['pool'] or 0:>4} {cap:>7}  error: {r['error']}")
+            lines.append(f"{v['images']:>6} {v['epochs']:>6} {v['dream']:>5} {v['pool'] or 0:>4} {cap:>7} {eps:>4}  error: {r['error']}")
             continue
         held = r["held_mb_at_start"]
         fits = {True: "yes", False: "NO", None: "-"}[r["budget_respected"]]
         load = f"{r['loadavg_before'][0]:.1f}/{r['loadavg_after'][0]:.1f}"
         lines.append(
-            f"{v['images']:>6} {v['epochs']:>6} {v['dream']:>5} {v.get('pool') or 0:>4} {cap:>7} {r['seconds']:>7.1f} {r['seconds_train']:>6.1f} "
+            f"{v['images']:>6} {v['epochs']:>6} {v['dream']:>5} {v.get('pool') or 0:>4} {cap:>7} {eps:>4} {r['seconds']:>7.1f} {r['seconds_train']:>6.1f} "
             f"{r['seconds_dream']:>7.1f} {r['seconds_export']:>6.1f} {r['peak_rss_mb']:>8.0f} "
             f"{'-' if held is None else f'{held:.0f}':>5} {fits:>4} {100 * r['accuracy']:>6.1f} {load:>9}"
         )
@@ -165,7 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", help="cifar10_jpeg.npz (or a CIFAR-10 directory)")
     ap.add_argument("--bundle", type=Path, help="the task-1 bundle to update (a copy per variant)")
     ap.add_argument("--make-bundle", type=Path, metavar="DIR", help="train task 1 on the server side and export DIR/bundle")
-    ap.add_argument("--variant", action="append", default=[], help="e.g. images=10000,epochs=1,dream=40,mem=1024")
+    ap.add_argument("--statistics-bundle", type=Path, metavar="DIR",
+                    help="with --from-learner: record task 1's class statistics and export DIR/bundle")
+    ap.add_argument("--from-learner", type=Path, help="a saved task-1 learner (--make-bundle's DIR/learner)")
+    ap.add_argument("--variant", action="append", default=[], help="e.g. images=10000,epochs=1,dream=40,mem=1024 or eps=inf,dream=0")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -175,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.make_bundle:
         make_bundle(args.make_bundle, args.data, args.threads)
+        return
+    if args.statistics_bundle:
+        if not args.from_learner or not args.data:
+            ap.error("--statistics-bundle needs --from-learner and --data")
+        statistics_bundle(args.statistics_bundle, args.from_learner, args.data, args.threads)
         return
     if not args.bundle or not args.data:
         ap.error("--bundle and --data are needed (or --make-bundle DIR --data ...)")

@@ -109,3 +109,26 @@ def test_a_tampered_statistics_entry_fails_loading(tmp_path):
     write_manifest(d, "learner", ["weights.safetensors", "state.json"], abd_edge_version=state["abd_edge_version"])
     with pytest.raises(BundleIntegrityError, match="class statistics"):
         Learner.load(d)
+
+
+def test_record_class_statistics_for_a_learner_without_them(tmp_path):
+    """A learner kept without statistics gains them from its classes' images; the same as if kept at training time."""
+    from abd_edge.errors import LabelError
+
+    with_stats = Learner(tiny_config("finetune"))
+    with_stats.learn_new_classes(make_task([0, 1], seed=1), show_progress=False)
+    learner = Learner(tiny_config("finetune", class_statistics=False))
+    learner.learn_new_classes(make_task([0, 1], seed=1), show_progress=False)
+    assert learner._state.class_statistics is None
+    with pytest.raises(LabelError, match="label 7 has not been learned"):
+        learner.record_class_statistics(make_task([0, 7], seed=1))
+    assert learner._state.class_statistics is None  # bad input changed nothing
+    stats = learner.record_class_statistics(make_task([0, 1], seed=1))
+    ref = with_stats._state.class_statistics
+    assert stats.rows == ref.rows and torch.allclose(stats.means, ref.means, atol=1e-5)
+    assert torch.allclose(stats.scatter, ref.scatter, rtol=1e-4, atol=1e-3)
+    with pytest.raises(LabelError, match="kept already"):
+        learner.record_class_statistics(make_task([1], seed=3))
+    assert learner._state.class_statistics is stats
+    loaded = Learner.load(learner.save(tmp_path / "l"))
+    assert loaded._state.class_statistics is not None and loaded._state.class_statistics.rows == (0, 1)

@@ -211,7 +211,7 @@ class FrozenBNSetup(TrainingSetup):
         self.plan = plan
         self.release: MeanRelease | None = None
         if plan.mean_init:
-            self.release = self._initialise_new_rows(model, rows, local, seed)
+            self.release = self._initialise_new_rows(model, rows, local, seed, cfg.micro_batch or 512)
         self._flags = [(p, p.requires_grad) for p in model.parameters()]
         self._head = model.get_classifier()  # type: ignore[operator]
         self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -239,7 +239,7 @@ class FrozenBNSetup(TrainingSetup):
         self.steps_taken = 0
 
     def _initialise_new_rows(self, model: nn.Module, rows: tuple[int, int] | None, local: LocalData | None,
-                             seed: int) -> MeanRelease:
+                             seed: int, batch_size: int = 512) -> MeanRelease:
         """The class-mean release (mean_init.py): new head rows at the noisy class means; nothing else changes."""
         if rows is None or local is None:
             raise PrivacyError("mean_init_fraction > 0 needs the update's new head rows and local images; "
@@ -260,7 +260,7 @@ class FrozenBNSetup(TrainingSetup):
             clip = stats.norm_quantile
         else:
             clip = public_feature_scale(dreams[0])  # type: ignore[index]
-        feats = penultimate_features(model, local.images, local.normalize)
+        feats = penultimate_features(model, local.images, local.normalize, batch_size=batch_size)  # a memory plan's micro-batch
         device = feats.device
         release = release_class_means(feats, local.labels - n_old, rows[1] - n_old, clip, self.plan.release_noise_multiplier,
                                       torch.Generator(device=device).manual_seed(seed + 2))
