@@ -188,8 +188,10 @@ def read_learner(directory: Path, *, device: str | None = None, hashes: bool = T
         if gen is not None:
             gen.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
             gen.eval()
-            gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr)
             if state.get("generator_optimizer") is not None:
+                # Only a saved Adam state is rebuilt: the first optimizer imports torch._dynamo (about
+                # 150 MiB), which an update that does not dream never needs (learn_new_classes makes its own).
+                gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr)
                 sd = optimizer_state(
                     {k: v.to(torch_device) for k, v in tensors.items() if k.startswith("generator_opt.")},
                     state["generator_optimizer"], "generator_opt",

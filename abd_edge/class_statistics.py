@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .models.resnet import eval_features
+from .models.resnet import EVAL_BATCH, eval_features
 
 NORM_QUANTILE = 0.95  # the clipping norm a private release may take from these statistics (mean_init.public_feature_scale)
 
@@ -123,7 +123,7 @@ class ClassStatistics:
 
 @torch.no_grad()
 def compute_class_statistics(model: nn.Module, images: torch.Tensor, rows: torch.Tensor,
-                             prepare: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = 512) -> ClassStatistics:
+                             prepare: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = EVAL_BATCH) -> ClassStatistics:
     """Statistics of ``images`` (head rows ``rows``) through ``model`` in eval mode, un-augmented; ``prepare``: uint8 -> model input."""
     feats = eval_features(model, images, batch_size=batch_size, prepare=prepare).double()
     present, inverse = torch.unique(rows, return_inverse=True)

@@ -25,7 +25,7 @@ from .dreaming import AutocastSpec, ReplayBatch, ReplaySampler, _autocast
 from .errors import TrainingDivergedError
 from .methods.base import Method, StepOutputs, TaskContext
 from .microbatch import proportional_chunks
-from .models.resnet import CifarResNet
+from .models.resnet import EVAL_BATCH, CifarResNet
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,10 @@ class TrainingSetup:
     optimizer step.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: BatchSource,
+    #: False for a setup whose update is complete when it is made (no optimizer; the learner runs no loop)
+    trains: bool = True
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, batches: BatchSource,
                  clip_norm: float | None = None, micro_batch: int | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -346,7 +349,7 @@ def predict_logits(
     n_seen: int,
     device: torch.device,
     *,
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     memory_format: torch.memory_format = torch.contiguous_format,
     autocast: AutocastSpec | None = None,
 ) -> torch.Tensor:

@@ -28,7 +28,7 @@ from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
 from .learner_state import LearnerState, build_models
 from .methods import TaskContext, build_method
 from .models.generator import Generator
-from .models.resnet import CifarResNet
+from .models.resnet import EVAL_BATCH, CifarResNet
 from .registry import ClassRegistry, resolve_names
 from .resources import release_memory
 from .reports import LearnReport, NewClassesNotLearnedWarning, Prediction, warn_about
@@ -216,8 +216,8 @@ class Learner:
             if n_seen > model.num_classes:
                 model.grow_head(max(n_seen, 2 * model.num_classes))
             gen = copy.deepcopy(st.generator) if st.generator is not None else None
-            gen_opt = None
-            if gen is not None:
+            gen_opt = st.generator_opt  # kept as it is when this call does not dream (the generator does not change)
+            if gen is not None and dream and self.method.uses_replay and cfg.dream.iterations > 0:
                 gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr)
                 if cfg.dream.keep_optimizer and st.generator_opt is not None:
                     # load_state_dict keeps the tensors it is given: copy them, or this
@@ -261,13 +261,17 @@ class Learner:
                 )
             log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
             private = plan is not None and plan.config.private
-            with synced_batchnorm(model, collective):
-                result: TrainResult = train_task(
-                    model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
-                    replay=replay, memory_format=self._memory_format, autocast=self._autocast,
-                    show_progress=show_progress, deadline=deadline, setup=setup,
-                    compile_backend=compile_backend(cfg, self.device, setup),
-                )
+            result = TrainResult()  # a setup that trains nothing (privacy/dp.py ReleaseOnlySetup) set the head when it was made
+            if setup is not None and not setup.trains:
+                setup.close()  # what train_task's finally does: restores the parameters' requires_grad flags
+            else:
+                with synced_batchnorm(model, collective):
+                    result = train_task(
+                        model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
+                        replay=replay, memory_format=self._memory_format, autocast=self._autocast,
+                        show_progress=show_progress, deadline=deadline, setup=setup,
+                        compile_backend=compile_backend(cfg, self.device, setup),
+                    )
             del replay
             align = None
             if not first and cfg.head_balance == "weight_align":
@@ -277,11 +281,11 @@ class Learner:
                 train_acc = None
                 probe_x = probe_y = None
             else:
-                train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng, batch_size=tcfg.micro_batch or 512)
+                train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng, batch_size=tcfg.micro_batch or EVAL_BATCH)
                 # A few of this call's images (in locals only, dropped at return) to compare the dreams' spread with.
                 probe = torch.arange(0, images.shape[0], max(1, images.shape[0] // 512), device=images.device)[:512]
                 probe_x, probe_y = normalizer(to_unit_float(images[probe])), label_idx[probe]
-            statistics = self._class_statistics_after(model, images, label_idx, normalizer, private, tcfg.micro_batch or 512)
+            statistics = self._class_statistics_after(model, images, label_idx, normalizer, private, tcfg.micro_batch or EVAL_BATCH)
             del images
             release_memory()  # what training freed goes back to the system before dreaming allocates its own
             dream_report = DreamReport(0, 0.0, {}, {})
@@ -388,7 +392,7 @@ class Learner:
 
     def _accuracy_on(
         self, model: CifarResNet, normalizer: Normalizer, images: torch.Tensor, labels: torch.Tensor, n_seen: int,
-        rng: torch.Generator, batch_size: int = 512,
+        rng: torch.Generator, batch_size: int = EVAL_BATCH,
     ) -> float:
         cap = self.config.train_eval_max_images
         if cap is not None and images.shape[0] > cap:

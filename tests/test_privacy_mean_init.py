@@ -287,3 +287,19 @@ def test_lda_head_from_class_statistics_by_hand():
     assert torch.allclose(head.bias[:3], s * torch.tensor([-4.0, -4.0, -8.0]))
     # without a covariance (and no dreams) there is no rule
     assert lda_head(torch.nn.Linear(2, 4), 2, torch.tensor([[2.0, 2.0]]), known=known) is None
+
+
+def test_a_release_only_update_runs_no_loop_and_restores_the_model(base_learner, tmp_path):
+    """Nothing trains: no optimizer, no epochs, every requires_grad flag back as it was; a loaded learner
+    without a saved Adam state builds one only when it dreams."""
+    learner = copy.deepcopy(base_learner)
+    release_only = PrivacyConfig(**{**FAST, "mean_init_fraction": 1.0})
+    rep = learner.learn_new_classes(make_task([2, 3], n_per_class=30, seed=2), privacy=release_only, show_progress=False)
+    assert rep.privacy["steps"] == 0 and rep.epoch_losses == [] and rep.train_seconds == 0.0
+    assert all(p.requires_grad for p in learner.model.parameters())
+    loaded = Learner.load(learner.save(tmp_path / "l", keep_optimizer=False))
+    assert loaded._state.generator_opt is None  # no Adam (and no torch._dynamo import) until a call dreams
+    loaded.learn_new_classes(make_task([4, 5], n_per_class=30, seed=4), privacy=release_only, show_progress=False, dream=False)
+    assert loaded._state.generator_opt is None
+    loaded.learn_new_classes(make_task([6, 7], n_per_class=30, seed=6), show_progress=False)  # dreams: builds its Adam
+    assert loaded._state.generator_opt is not None

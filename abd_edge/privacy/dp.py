@@ -40,6 +40,7 @@ from ..engine import RunStep, ShuffledBatches, TrainingSetup, clip_norm
 from ..errors import PrivacyError
 from ..methods.base import Method, TaskContext
 from ..class_statistics import ClassStatistics, backbone_fingerprint
+from ..models.resnet import EVAL_BATCH
 from .mean_init import (MeanRelease, dreamed_features, init_rows_from_means, lda_head, penultimate_features, public_feature_scale,
                         public_old_means, release_class_means)
 
@@ -211,7 +212,7 @@ class FrozenBNSetup(TrainingSetup):
         self.plan = plan
         self.release: MeanRelease | None = None
         if plan.mean_init:
-            self.release = self._initialise_new_rows(model, rows, local, seed, cfg.micro_batch or 512)
+            self.release = self._initialise_new_rows(model, rows, local, seed, cfg.micro_batch or EVAL_BATCH)
         self._flags = [(p, p.requires_grad) for p in model.parameters()]
         self._head = model.get_classifier()  # type: ignore[operator]
         self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -232,14 +233,15 @@ class FrozenBNSetup(TrainingSetup):
                 if id(p) not in kept:
                     p.requires_grad_(False)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        # No optimizer where nothing trains: the first one imports torch._dynamo (about 150 MiB of a device's memory).
+        optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay) if self.trains else None
         # Opacus clips per sample; a global clip of the noised sum would act on the wrong thing (eps=inf: as plain).
         super().__init__(model, optimizer, ShuffledBatches(plan.n_images, plan.batch_size, device),
                          None if plan.config.private else clip_norm(cfg))
         self.steps_taken = 0
 
     def _initialise_new_rows(self, model: nn.Module, rows: tuple[int, int] | None, local: LocalData | None,
-                             seed: int, batch_size: int = 512) -> MeanRelease:
+                             seed: int, batch_size: int = EVAL_BATCH) -> MeanRelease:
         """The class-mean release (mean_init.py): new head rows at the noisy class means; nothing else changes."""
         if rows is None or local is None:
             raise PrivacyError("mean_init_fraction > 0 needs the update's new head rows and local images; "
@@ -342,6 +344,8 @@ class ReleaseOnlySetup(FrozenBNSetup):
     non-private gain before DP-SGD touched the new rows than after
     (docs/PRIVACY.md), so the whole budget can go to the release.
     """
+
+    trains = False
 
     def __init__(self, model: nn.Module, plan: PrivatePlan, cfg: TrainConfig, device: torch.device, seed: int,
                  rows: tuple[int, int] | None = None, local: LocalData | None = None) -> None:

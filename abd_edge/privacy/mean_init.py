@@ -37,14 +37,14 @@ from torch import nn
 from ..class_statistics import ClassStatistics, backbone_fingerprint
 from ..engine import to_unit_float
 from ..errors import PrivacyError
-from ..models.resnet import eval_features
+from ..models.resnet import EVAL_BATCH, eval_features
 
 SENSITIVITY_FACTOR = math.sqrt(2.0)  # L2 sensitivity of the released vector, in units of the clipping norm C
 
 
 @torch.no_grad()
 def penultimate_features(model: nn.Module, images: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor],
-                         batch_size: int = 512) -> torch.Tensor:
+                         batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Float32 penultimate features of un-augmented images under the frozen model (eval mode: BN statistics used, never updated)."""
     return eval_features(model, images, batch_size=batch_size, prepare=lambda x: normalize(to_unit_float(x)))
 
