@@ -22,7 +22,8 @@ from torch import nn
 
 #: Rows per forward pass of an inference-only pass over many images (features, predictions, accuracy). Why 128, not
 #: 512: on the cifar10 device update a pass at 512 rows of 32x32 images raised the process's peak RSS by about 220 MiB
-#: more (1,243 against 1,025 MiB, benchmarks/device_update.py), and 128 rows already keep two cores busy.
+#: more (1,243 against 1,025 MiB for a class-mean-head update of 10,000 images, 1 thread), and 128 rows already keep
+#: two cores busy.
 EVAL_BATCH = 128
 
 
