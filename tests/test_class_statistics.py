@@ -85,6 +85,10 @@ def test_updates_keep_add_or_drop_statistics(tmp_path):
     got = loaded._state.class_statistics
     assert got is not None and got.rows == stats.rows and torch.equal(got.scatter, stats.scatter)
     assert got.norm_quantile == stats.norm_quantile and got.holds_for(loaded.model)
+    from abd_edge.describe import describe
+
+    info = describe(tmp_path / "l")  # what `abd-edge info` prints
+    assert info["class_statistics"]["rows"] == [0, 1] and info["class_statistics"]["n_images"] == int(stats.counts.sum())
     # a non-private update trains the backbone: the old statistics no longer hold and are replaced by its own
     learner.learn_new_classes(make_task([2, 3], seed=2), show_progress=False)
     after = learner._state.class_statistics

@@ -55,6 +55,7 @@ def test_info_prints_the_ledger_summary(bundle_dir, capsys):
     assert info["privacy_summary"]["labels_without_guarantee"] == [0, 1]
     assert info["privacy_summary"]["total_claim"].startswith("none")
     assert info["privacy"]["ledger"][0]["epsilon"] == "inf"  # describe() of a version: the ledger as the manifest has it
+    assert info["class_statistics"]["rows"] == [0, 1]  # what of the server's data the bundle's learner carries
 
 
 def test_device_refuses_a_bad_private_update_and_keeps_its_version(bundle_dir, tmp_path):
