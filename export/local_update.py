@@ -70,6 +70,12 @@ def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPl
     return {"later_tasks": later, "dream": dream, "replay_pool_batches": pool}
 
 
+def trains_nothing(budget: UpdateBudget) -> bool:
+    """An update whose head is set in closed form (the class-mean release of the whole budget) and that does not dream."""
+    pc = budget.privacy
+    return budget.dream_iterations == 0 and pc is not None and getattr(pc, "mean_init_fraction", 0) == 1
+
+
 def memory_plan(learner: Learner, budget: UpdateBudget, n_images: int, replays: bool) -> MemoryPlan:
     """The micro-batches that fit ``budget.max_memory_mb`` on top of what this process holds now.
 
@@ -80,6 +86,10 @@ def memory_plan(learner: Learner, budget: UpdateBudget, n_images: int, replays: 
         return NO_CAP
     release_memory()
     held = current_rss_bytes()
+    if trains_nothing(budget):
+        # No batch to split: the update is inference passes (EVAL_BATCH rows) and a closed-form head; the
+        # training and dreaming costs the plan models do not arise. Whether the cap held is reported after.
+        return MemoryPlan(budget.max_memory_mb, None if held is None else held / 2**20, None, None)
     cfg = learner.config
     batch = budget.batch_size or cfg.later_tasks.batch_size
     batch = auto_batch_size(n_images) if not isinstance(batch, int) else batch

@@ -179,3 +179,21 @@ def test_the_device_report_says_whether_the_peak_kept_to_the_budget(bundle, tmp_
     device = runtime.open(tmp_path / "b", quality=QualityGate(enabled=False))
     rep = device.learn_new_classes(make_task([2, 3], seed=1), budget=DeviceBudget(epochs=1, dream_iterations=2, max_memory_mb=100_000))
     assert rep.budget_respected is True and rep.memory["max_memory_mb"] == 100_000 and rep.peak_rss_mb > 0
+
+
+def test_an_update_that_trains_nothing_is_not_refused_by_the_training_estimate(bundle, tmp_path, monkeypatch):
+    """A class-mean-head update without dreaming has no batch to split: a cap the ABD estimate refuses is accepted."""
+    import abd_edge.export.local_update as lu
+    from abd_edge.privacy.config import PrivacyConfig
+
+    shutil.copytree(bundle, tmp_path / "b")
+    store = BundleStore(tmp_path / "b")
+    cap = 2_000
+    monkeypatch.setattr(lu, "current_rss_bytes", lambda: int((cap - 20) * 2**20))  # 20 MiB left: no training fits
+    with pytest.raises(MemoryBudgetError):
+        update_bundle(store, make_task([2, 3], seed=1), budget=DeviceBudget(epochs=1, dream_iterations=0, max_memory_mb=cap),
+                      gate=QualityGate(enabled=False))
+    head_only = DeviceBudget(epochs=1, dream_iterations=0, max_memory_mb=cap, privacy=PrivacyConfig(target_epsilon=math.inf))
+    upd = update_bundle(store, make_task([2, 3], seed=1), budget=head_only, gate=QualityGate(enabled=False))
+    assert (upd.memory.train_micro_batch, upd.memory.dream_micro_batch) == (None, None) and upd.memory.max_memory_mb == cap
+    assert upd.learn.train_seconds == 0.0 and upd.learn.privacy["steps"] == 0
