@@ -22,19 +22,15 @@ import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from privacy import per_class_subset  # noqa: E402
+from privacy import server_for  # noqa: E402
 
-from abd_edge.apps.bench import BenchSpec, environment, learner_config, load_benchmark_data  # noqa: E402
-from abd_edge.apps.simulate import _uint8, default_budget  # noqa: E402
-from abd_edge.data import class_order, split_tasks  # noqa: E402
-from abd_edge.learner import Learner  # noqa: E402
+from abd_edge.apps.bench import environment  # noqa: E402
 from abd_edge.privacy.config import PrivacyConfig  # noqa: E402
 from abd_edge.privacy.dp import plan_update  # noqa: E402
 from abd_edge.privacy.mean_init import dreamed_features, lda_head, penultimate_features, public_feature_scale, release_class_means  # noqa: E402
@@ -64,17 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    train, test = load_benchmark_data(args.dataset, args.data_root)
-    train, test = _uint8(per_class_subset(train, args.per_class, args.seed)), _uint8(test)
-    labels = train.unique_labels()
-    order = [labels[i] for i in class_order(len(labels), args.seed)]
-    steps = split_tasks(order, args.tasks)
-    spec = BenchSpec(dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, seed=args.seed,
-                     epochs=args.server_epochs, dream_iters=args.dream_iters)
-    server = Learner(learner_config(spec, "abd"))
-    t0 = time.perf_counter()
-    server.learn_new_classes(train.select_labels(steps[0]), show_progress=False)
-    print(f"server: {time.perf_counter() - t0:.0f}s", flush=True)
+    s = server_for(args.dataset, args.data_root, args.seed, args.tasks, per_class=args.per_class,
+                   server_epochs=args.server_epochs, dream_iters=args.dream_iters)
+    train, test, steps, server = s.train, s.test, s.steps, s.learner
+    print(f"server: {s.seconds:.0f}s", flush=True)
     n_old, k = len(steps[0]), len(steps[1])
     n_seen = n_old + k
     seen = list(steps[0]) + list(steps[1])
@@ -91,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     f_test, y_test = feats_of(test.select_labels(seen))
     d_feats, d_labels = dreamed_features(model, st.generator, args.seed + 3, 1024, n_old)
     clip = public_feature_scale(d_feats)
-    base = default_budget(args.dataset)
     plan = plan_update(PrivacyConfig(target_epsilon=args.epsilon), len(f_new), server.config.later_tasks, first_task=False)
     sigma = plan.release_noise_multiplier
     print(f"release noise multiplier {sigma:.3f}, clip {clip:.3g}, dream label counts {torch.bincount(d_labels, minlength=n_old).tolist()}")

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from privacy import apply_budget  # noqa: E402
+from privacy import apply_budget, server_for  # noqa: E402
 
-from abd_edge.apps.bench import BenchSpec, environment, learner_config, load_benchmark_data  # noqa: E402
-from abd_edge.apps.simulate import _uint8, default_budget  # noqa: E402
-from abd_edge.data import class_order, split_tasks  # noqa: E402
+from abd_edge.apps.bench import environment  # noqa: E402
+from abd_edge.apps.simulate import default_budget  # noqa: E402
 from abd_edge.learner import Learner  # noqa: E402
 from abd_edge.privacy.audit import cross_entropy, roc_auc  # noqa: E402
 from abd_edge.privacy.config import PrivacyConfig  # noqa: E402
@@ -50,12 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    train, test = load_benchmark_data("digits", None)
-    train, test = _uint8(train), _uint8(test)
-    labels = train.unique_labels()
-    steps = split_tasks([labels[i] for i in class_order(len(labels), args.seed)], 5)
-    server = Learner(learner_config(BenchSpec(dataset="digits", tasks=5, seed=args.seed), "abd"))
-    server.learn_new_classes(train.select_labels(steps[0]), show_progress=False)
+    s = server_for("digits", None, args.seed, 5)
+    train, test, steps, server = s.train, s.test, s.steps, s.learner
     rows: dict[str, Any] = {}
     for name, keep_statistics in (("statistics", True), ("dreams", False)):
         learner = copy.deepcopy(server)

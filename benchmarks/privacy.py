@@ -80,21 +80,41 @@ def per_class_subset(data: Any, n: int | None, seed: int) -> Any:
     return data.subset(keep)
 
 
-def run(args: argparse.Namespace, on_row: Any = None) -> dict[str, Any]:
-    """One seed's rows; ``on_row(partial_doc)`` after each row (so a cut-short run keeps what it measured)."""
-    torch.set_num_threads(args.threads)
-    train, test = load_benchmark_data(args.dataset, args.data_root)
-    train, test = _uint8(per_class_subset(train, args.per_class, args.seed)), _uint8(test)
+@dataclasses.dataclass
+class Server:
+    """The protocol up to the device updates: data, class order, tasks, and the server's learner after task 1."""
+
+    train: Any  # uint8, at most ``per_class`` images per class
+    test: Any
+    order: list[Any]
+    steps: list[list[Any]]
+    names: dict[Any, str]
+    learner: Learner
+    seconds: float  # the server's first task
+
+
+def server_for(dataset: str, data_root: str | None, seed: int, tasks: int, *, per_class: int | None = None,
+               server_epochs: int | None = None, dream_iters: int | None = None, max_steps: int | None = None) -> Server:
+    """What every privacy experiment starts from (this benchmark and the diagnosis scripts beside it)."""
+    train, test = load_benchmark_data(dataset, data_root)
+    train, test = _uint8(per_class_subset(train, per_class, seed)), _uint8(test)
     labels = train.unique_labels()
-    order = [labels[i] for i in class_order(len(labels), args.seed)]
-    steps = split_tasks(order, args.tasks)[: 1 + args.max_steps if args.max_steps else None]
+    order = [labels[i] for i in class_order(len(labels), seed)]
+    steps = split_tasks(order, tasks)[: 1 + max_steps if max_steps else None]
     names = {lab: train.class_names.get(lab, str(lab)) for lab in labels}
-    spec = BenchSpec(dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, seed=args.seed,
-                     epochs=args.server_epochs, dream_iters=args.dream_iters)
+    spec = BenchSpec(dataset=dataset, data_root=data_root, tasks=tasks, seed=seed, epochs=server_epochs, dream_iters=dream_iters)
     server = Learner(learner_config(spec, "abd"))
     t0 = time.perf_counter()
     server.learn_new_classes(train.select_labels(steps[0]), {lab: names[lab] for lab in steps[0]}, show_progress=False)
-    server_seconds = time.perf_counter() - t0
+    return Server(train, test, order, steps, names, server, time.perf_counter() - t0)
+
+
+def run(args: argparse.Namespace, on_row: Any = None) -> dict[str, Any]:
+    """One seed's rows; ``on_row(partial_doc)`` after each row (so a cut-short run keeps what it measured)."""
+    torch.set_num_threads(args.threads)
+    s = server_for(args.dataset, args.data_root, args.seed, args.tasks, per_class=args.per_class,
+                   server_epochs=args.server_epochs, dream_iters=args.dream_iters, max_steps=args.max_steps)
+    train, test, order, steps, names, server, server_seconds = s.train, s.test, s.order, s.steps, s.names, s.learner, s.seconds
     budget = default_budget(args.dataset)
     if args.update_epochs is not None or args.dream_iters is not None:
         budget = dataclasses.replace(budget, epochs=args.update_epochs or budget.epochs,

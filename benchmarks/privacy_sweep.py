@@ -21,12 +21,9 @@ from typing import Any
 
 import torch
 
-from abd_edge.apps.bench import BenchSpec, learner_config, load_benchmark_data
 from abd_edge.privacy.config import PrivacyConfig
-from abd_edge.data import class_order, split_tasks
-from abd_edge.learner import Learner
-from abd_edge.apps.simulate import _uint8, default_budget
-from privacy import _static_accuracy, apply_budget  # benchmarks/privacy.py (this script's directory is on sys.path)
+from abd_edge.apps.simulate import default_budget
+from privacy import _static_accuracy, apply_budget, server_for  # benchmarks/privacy.py (this script's directory is on sys.path)
 
 
 def read_settings(text: str) -> dict[str, Any]:
@@ -52,12 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = read_settings(args.settings)
-    train, test = load_benchmark_data("digits", None)
-    train, test = _uint8(train), _uint8(test)
-    labels = train.unique_labels()
-    steps = split_tasks([labels[i] for i in class_order(len(labels), args.seed)], 5)
-    server = Learner(learner_config(BenchSpec(dataset="digits", tasks=5, seed=args.seed), "abd"))
-    server.learn_new_classes(train.select_labels(steps[0]), show_progress=False)
+    s = server_for("digits", None, args.seed, 5)
+    train, test, steps, server = s.train, s.test, s.steps, s.learner
     budget = default_budget("digits")
 
     def chain(method: str | None, pc: PrivacyConfig | None) -> tuple[list[float], float]:
