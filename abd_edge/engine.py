@@ -271,7 +271,7 @@ def train_task(
         return StepOutputs(logits.float(), feats.float(), y, n_real, old_logits, old_feats)
 
     result = TrainResult()
-    lr = cfg.lr  # what an epoch without steps reports (a private update that only releases class means)
+    lr = cfg.lr  # what an epoch without steps reports
     start_time = time.perf_counter()
     step = 0
     bar = progress(range(total_steps), desc=f"train {method.name} ({ctx.n_old}->{ctx.n_seen} classes)", enabled=show_progress)

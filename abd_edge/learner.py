@@ -347,12 +347,12 @@ class Learner:
         adds nothing; either way, statistics of another backbone are dropped.
         """
         kept = self._state.class_statistics
-        if kept is not None and not kept.holds_for(model):
-            kept = None
-        if private or not self.config.class_statistics:
-            return kept if self.config.class_statistics else None
+        if not self.config.class_statistics:
+            return None
+        if private:
+            return kept if kept is not None and kept.holds_for(model) else None
         fresh = compute_class_statistics(model, images, rows, lambda x: normalizer(to_unit_float(x)), batch_size=batch_size)
-        return kept.merged(fresh) if kept is not None else fresh
+        return kept.merged(fresh) if kept is not None and kept.backbone == fresh.backbone else fresh  # one fingerprint, not two
 
     def _ledger_entry(self, task_index: int, n_old: int, n_seen: int, labels: list[Any], n_images: int,
                       setup: Any, first: bool) -> dict[str, Any]:

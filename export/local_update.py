@@ -72,8 +72,7 @@ def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPl
 
 def trains_nothing(budget: UpdateBudget) -> bool:
     """An update whose head is set in closed form (the class-mean release of the whole budget) and that does not dream."""
-    pc = budget.privacy
-    return budget.dream_iterations == 0 and pc is not None and getattr(pc, "mean_init_fraction", 0) == 1
+    return budget.dream_iterations == 0 and budget.privacy is not None and budget.privacy.release_only
 
 
 def memory_plan(learner: Learner, budget: UpdateBudget, n_images: int, replays: bool) -> MemoryPlan:

@@ -78,6 +78,11 @@ class PrivacyConfig:
     mean_init_rule: str = "lda"  # "lda": every seen row, old means from dreams; "nearest_mean": new rows only
 
     @property
+    def release_only(self) -> bool:
+        """The class-mean release is the whole update (``mean_init_fraction=1``): a closed-form head, no training step."""
+        return self.mean_init_fraction == 1
+
+    @property
     def private(self) -> bool:
         return math.isfinite(self.target_epsilon)
 

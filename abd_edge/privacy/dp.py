@@ -115,7 +115,7 @@ def plan_update(privacy: PrivacyConfig, n_images: int, base: TrainConfig, *, fir
     steps = epochs * n_batches
     expected = max(1, int(n * sample_rate))  # Opacus's expected batch size
     sigma = sigma_release = 0.0
-    if not privacy.private and privacy.mean_init_fraction == 1:
+    if not privacy.private and privacy.release_only:
         # epsilon = inf with the default schedule: the release without noise and no training step, i.e. the private
         # update's schedule without its noise (what the benchmark's noiseless row and a fast device update need)
         return PrivatePlan(privacy, n, batch, epochs, sample_rate, expected, 0, 0.0, 0.0)
@@ -125,7 +125,7 @@ def plan_update(privacy: PrivacyConfig, n_images: int, base: TrainConfig, *, fir
             if privacy.mean_init_fraction > 0:
                 sigma_release = noise_for_target(privacy.mean_init_fraction * privacy.target_epsilon, privacy.delta, [], 1.0, 1,
                                                  privacy.accountant)
-            if privacy.mean_init_fraction == 1:  # the release is the whole update: no DP-SGD step
+            if privacy.release_only:  # the release is the whole update: no DP-SGD step
                 return PrivatePlan(privacy, n, batch, epochs, sample_rate, expected, 0, 0.0, sigma_release)
             sigma = noise_for_target(privacy.target_epsilon, privacy.delta,
                                      [(sigma_release, 1.0, 1)] if privacy.mean_init_fraction > 0 else [],
@@ -248,9 +248,10 @@ class FrozenBNSetup(TrainingSetup):
                                "pass rows= and local= to make_setup, or set mean_init_fraction=0")
         pc = self.plan.config
         n_old = rows[0]
-        stats = local.statistics if local.statistics is not None and local.statistics.holds_for(model) else None
-        known = public_old_means(stats, local.known_means) if pc.mean_init_rule == "lda" else {}
         lda = pc.mean_init_rule == "lda"
+        backbone = backbone_fingerprint(model)  # the statistics' check and the release's record share it
+        stats = local.statistics if local.statistics is not None and local.statistics.backbone == backbone else None
+        known = public_old_means(stats, local.known_means) if lda else {}
         # Dreams only where nothing better is public: an old class with no statistics or release, the
         # covariance without statistics, or the clipping norm without statistics or a set clip.
         need_dreams = (lda and (stats is None or any(c not in known for c in range(n_old)))) or (
@@ -266,7 +267,7 @@ class FrozenBNSetup(TrainingSetup):
         device = feats.device
         release = release_class_means(feats, local.labels - n_old, rows[1] - n_old, clip, self.plan.release_noise_multiplier,
                                       torch.Generator(device=device).manual_seed(seed + 2))
-        release.classes, release.backbone = list(range(n_old, rows[1])), backbone_fingerprint(model)
+        release.classes, release.backbone = list(range(n_old, rows[1])), backbone
         clip_source = "set" if pc.mean_init_clip is not None else ("statistics" if stats is not None else "dreams")
         release.old_sources = {"clip": clip_source} if not lda else {
             "statistics": sorted(c for c in range(n_old) if stats is not None and c in stats.rows),
