@@ -97,6 +97,11 @@ def clipped_class_sums(features: torch.Tensor, classes: torch.Tensor, n_classes:
     return torch.zeros(n_classes, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, classes, rows)
 
 
+def mean_noise_var(noise_std: float, counts: torch.Tensor) -> torch.Tensor:
+    """Variance of each coordinate of a released mean's error: the sum's noise std over the (noisy, at least 1) count, squared."""
+    return (noise_std / counts.clamp_min(1.0)) ** 2
+
+
 @dataclass
 class MeanRelease:
     """What the release made public (post-processing may use these freely)."""
@@ -116,7 +121,7 @@ class MeanRelease:
     @property
     def noise_var(self) -> torch.Tensor:
         """Per class, the variance of each coordinate of the noisy mean's error (noise std / count, squared)."""
-        return (self.noise_multiplier * self.sensitivity / self.counts.clamp_min(1.0)) ** 2
+        return mean_noise_var(self.noise_multiplier * self.sensitivity, self.counts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"noise_multiplier": self.noise_multiplier, "sample_rate": 1.0, "steps": 1, "clip": self.clip,
@@ -139,9 +144,10 @@ def known_class_means(ledger: Iterable[Mapping[str, Any]], model: nn.Module) -> 
     for entry in ledger:
         rel = entry.get("mean_init") or {}
         if rel.get("backbone_sha256") == fp and rel.get("noisy_means"):
-            std = float(rel["noise_multiplier"]) * float(rel["l2_sensitivity"])
-            for c, mu, n in zip(rel["classes"], rel["noisy_means"], rel["noisy_counts"]):
-                out[int(c)] = (torch.tensor(mu, dtype=torch.float32, device=device), (std / max(1.0, float(n))) ** 2)
+            tau2 = mean_noise_var(float(rel["noise_multiplier"]) * float(rel["l2_sensitivity"]),
+                                  torch.tensor(rel["noisy_counts"], dtype=torch.float64))
+            for c, mu, t in zip(rel["classes"], rel["noisy_means"], tau2.tolist()):
+                out[int(c)] = (torch.tensor(mu, dtype=torch.float32, device=device), t)
     return out
 
 
