@@ -21,15 +21,16 @@ def resolve_device(name: str | None) -> torch.device:
     return dev
 
 
-def make_cuda_repeatable() -> None:
-    """Ask cuDNN for deterministic kernels so that a seed fixes a CUDA run too.
+def make_cuda_repeatable(deterministic: bool = True) -> None:
+    """Ask cuDNN for deterministic kernels so that a seed fixes a CUDA run too (``deterministic=False``: the fastest).
 
     By default cuDNN may choose backward convolution kernels that add in a
     varying order; on cifar10-5x2 two CUDA runs of one configuration and seed
     then ended task 2 at 59% and 70%, which makes recipe comparisons noise.
+    The setting is process-wide (cuDNN has no other): the last learner made wins.
     """
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def _cpu_has_bf16() -> bool:

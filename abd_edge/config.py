@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
+#: every mode torch.compile accepts for ``LearnerConfig.compile_mode`` (None: its default)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 METHODS = ("abd", "deepinversion", "lwf", "lwf_mc", "finetune")
 Schedule = Literal["step", "cosine"]
 # A setting left "auto" is settled by the learner from the data it is given
@@ -188,6 +191,11 @@ class LearnerConfig:
     # bound at batch 128), off on CPU (compiling costs more than a device update saves); falls back to eager.
     compile: bool | Auto = AUTO
     compile_backend: str = "inductor"
+    # torch.compile's mode: None (its default: fused kernels), "reduce-overhead" (also CUDA graphs), ...
+    compile_mode: str | None = None
+    # CUDA only: deterministic cuDNN kernels, so that a seed fixes a run (compute.make_cuda_repeatable);
+    # False lets cuDNN pick the fastest kernels (benchmark mode), for throughput over repeatability.
+    cuda_deterministic: bool = True
     num_threads: int | None = None
     recipe: str = "paper"
     # What the learner settled from the data at its first task (auto_config.py):
@@ -239,6 +247,10 @@ class LearnerConfig:
             raise ConfigError(f"compile must be true, false or 'auto', got {self.compile!r}")
         if not isinstance(self.compile_backend, str) or not self.compile_backend:
             raise ConfigError(f"compile_backend must be a torch.compile backend name, got {self.compile_backend!r}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode must be None or one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        if not isinstance(self.cuda_deterministic, bool):
+            raise ConfigError(f"cuda_deterministic must be true or false, got {self.cuda_deterministic!r}")
         if self.replay_pool_batches < 0:
             raise ConfigError(f"replay_pool_batches must be >= 0, got {self.replay_pool_batches}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from .collective import Collective, batch_mean_var, synced_batchnorm
+from .compiled import mark_step, maybe_compiled
 from .config import DreamConfig
 from .microbatch import row_chunks
 from .models.generator import Generator
@@ -196,6 +197,8 @@ def train_generator(
     iterations: int | None = None,
     deadline: float | None = None,
     collective: Collective | None = None,
+    compile_backend: str | None = None,
+    compile_mode: str | None = None,
 ) -> DreamReport:
     """Train ``generator`` for ``cfg.iterations`` against the frozen ``classifier``.
 
@@ -205,6 +208,10 @@ def train_generator(
     With a ``collective`` (abd_edge/parallel.py) each rank dreams an equal
     share of the batch, the batch-level terms (BN statistics, class balance)
     see the whole batch, and the generator's gradients are summed over ranks.
+    ``compile_backend`` runs the generator, the classifier and its BN-statistics
+    terms as one ``torch.compile`` graph (abd_edge/compiled.py; eager again if
+    compiling fails); never with a ``collective``, whose all-reduces would
+    break the graph.
     """
     iterations = cfg.iterations if iterations is None else iterations
     kernel = gaussian_kernel(cfg.blur_size, cfg.blur_sigma)
@@ -221,20 +228,37 @@ def train_generator(
     batch = cfg.batch_size if collective is None else max(2, cfg.batch_size // collective.world)
     try:
         with BNStatsHooks(classifier, collective) as hooks, synced_batchnorm(generator, collective):
+
+            def dream_forward(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                """One graph for the compiler: the dreams, their logits and the BN terms the hooks record."""
+                hooks.losses.clear()  # a compiled attempt that failed half-way may have recorded some
+                x = generator(z)
+                # all of the head's rows: the graph is then the same for every task (sliced outside, no recompiling)
+                return x, classifier(x.contiguous(memory_format=memory_format)), hooks.pop_loss()
+
+            backend = compile_backend if collective is None else None
+            fast = maybe_compiled(dream_forward, backend, compile_mode) if backend is not None else None
             bar = progress(range(iterations), desc="dreaming", enabled=show_progress)
             for it in bar:
+                mark_step(backend, compile_mode)
                 z = generator.sample_latent(batch, rng)
                 optimizer.zero_grad(set_to_none=True)
                 parts: list[tuple[float, DreamLosses]] = []
                 for a, b in row_chunks(batch, cfg.micro_batch):  # one slice unless a memory budget asks for more
                     share = (b - a) / batch
                     with _autocast(autocast):
-                        with record_function("abd.dream_generator"):
-                            x = generator(z[a:b])
-                        with record_function("abd.dream_classifier"):
-                            logits = classifier(x.contiguous(memory_format=memory_format))[:, :n_classes]
+                        if fast is not None:
+                            with record_function("abd.dream_forward"):
+                                x, logits, bn = fast(z[a:b])
+                            logits = logits[:, :n_classes]
+                        else:
+                            with record_function("abd.dream_generator"):
+                                x = generator(z[a:b])
+                            with record_function("abd.dream_classifier"):
+                                logits = classifier(x.contiguous(memory_format=memory_format))[:, :n_classes]
+                            bn = hooks.pop_loss()
                     with record_function("abd.dream_losses"):
-                        chunk = inversion_losses(x, logits, hooks.pop_loss(), cfg, kernel, collective)
+                        chunk = inversion_losses(x, logits, bn, cfg, kernel, collective)
                     with record_function("abd.dream_backward"):
                         # equal shards with a collective: this rank's share of the global loss
                         (chunk.total * (share / (collective.world if collective is not None else 1))).backward()
@@ -324,8 +348,11 @@ class ReplaySampler:
         memory_format: torch.memory_format = torch.contiguous_format,
         autocast: AutocastSpec | None = None,
         micro_batch: int | None = None,
+        compile_backend: str | None = None,
     ) -> None:
         self.micro_batch = micro_batch  # images per generator pass when drawing (a memory budget's)
+        # generator and previous classifier as one compiled graph (abd_edge/compiled.py); None: eager
+        self._forward = maybe_compiled(self._dream_and_label, compile_backend)
         self.generator = generator
         self.old_model = old_model
         self.n_old = n_old
@@ -347,11 +374,15 @@ class ReplaySampler:
         parts = []
         for a, b in row_chunks(n, self.micro_batch):  # eval mode: slices give the same images as one pass
             with _autocast(self.autocast):
-                x = self.generator(z[a:b]).contiguous(memory_format=self.memory_format)
-                logits, feats = self.old_model.forward_with_features(x)  # type: ignore[operator]
+                x, logits, feats = self._forward(z[a:b])
             parts.append((x.float(), logits[:, : self.n_old].float(), feats.float()))
         x, logits, feats = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
         return ReplayBatch(x, logits.argmax(dim=1), logits, feats)
+
+    def _dream_and_label(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.generator(z).contiguous(memory_format=self.memory_format)
+        logits, feats = self.old_model.forward_with_features(x)  # type: ignore[operator]
+        return x, logits, feats
 
     def sample(self, n: int) -> ReplayBatch:
         if self._pool is None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from .compiled import maybe_compiled
+from .compiled import mark_step, maybe_compiled
 from .config import TrainConfig
 from .data.augment import BatchAugment, to_unit_float
 from .dreaming import AutocastSpec, ReplayBatch, ReplaySampler, _autocast
@@ -227,14 +227,16 @@ def train_task(
     deadline: float | None = None,
     setup: TrainingSetup | None = None,
     compile_backend: str | None = None,
+    compile_mode: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on one task's data (already on the training device).
 
     ``setup`` supplies the optimizer, the local-data batches and the step
     (default: :meth:`TrainingSetup.plain`); the differentially private
     update of :mod:`abd_edge.privacy` passes its own. ``compile_backend``
-    runs the current classifier's forward pass through ``torch.compile``
-    (abd_edge/compiled.py; eager again if compiling fails).
+    runs the current classifier's forward pass (in ``compile_mode``) and the
+    previous classifier's through ``torch.compile`` (abd_edge/compiled.py;
+    eager again if compiling fails).
     """
     n = images.shape[0]
     if setup is None:
@@ -246,7 +248,9 @@ def train_task(
     if old_model is not None:
         old_model.eval()
     setup.train_mode(model)
-    forward = maybe_compiled(model.forward_with_features, compile_backend)
+    forward = maybe_compiled(model.forward_with_features, compile_backend, compile_mode)
+    # The teacher runs in its own graph without CUDA graphs: its outputs are kept beside the next step's.
+    teacher = maybe_compiled(old_model.forward_with_features, compile_backend) if old_model is not None else None
 
     def run(x: torch.Tensor, y: torch.Tensor, rb: ReplayBatch | None) -> StepOutputs:
         """Forward ``[x; dreamed]`` through the current (and, if needed, the previous) classifier."""
@@ -258,10 +262,10 @@ def train_task(
         x = x.contiguous(memory_format=memory_format)
         with record_function("abd.forward"), _autocast(autocast):
             logits, feats = forward(x)
-        if method.uses_old_model and old_model is not None:
+        if method.uses_old_model and teacher is not None:
             if n_real > 0:
                 with record_function("abd.teacher_forward"), torch.no_grad(), _autocast(autocast):
-                    ol, of = old_model.forward_with_features(x[:n_real])
+                    ol, of = teacher(x[:n_real])
                 old_logits, old_feats = ol[:, : ctx.n_old].float(), of.float()
                 if rb is not None:
                     old_logits = torch.cat([old_logits, rb.old_logits])
@@ -282,6 +286,7 @@ def train_task(
             steps_done = 0
             seen = 0
             for idx in setup.batches.epoch(rng):
+                mark_step(compile_backend, compile_mode)
                 lr = lr_at(step, total_steps, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr

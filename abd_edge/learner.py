@@ -60,7 +60,7 @@ class Learner:
         self.config = cfg
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda":
-            make_cuda_repeatable()
+            make_cuda_repeatable(cfg.cuda_deterministic)
         self.method = build_method(cfg.method, cfg.losses)
         self._autocast, self._predict_autocast = autocasts(cfg.precision, self.device)
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -253,11 +253,13 @@ class Learner:
 
                 setup = DistributedSetup.sharded(model, images.shape[0], tcfg, self.device, collective,
                                                  seed=self._task_seed(task_index))
+            backend = compile_backend(cfg, self.device, setup)
             if not first and self.method.uses_replay and gen is not None and old_frozen is not None:
                 replay = ReplaySampler(
                     gen, old_frozen, n_old, rng,
                     pool_batches=cfg.replay_pool_batches, batch_size=tcfg.batch_size,
                     memory_format=self._memory_format, autocast=self._autocast, micro_batch=tcfg.micro_batch,
+                    compile_backend=backend,
                 )
             log.info("task %d: learning %d new classes (%d images) with %s", task_index + 1, len(new_labels), len(data), self.method.name)
             private = plan is not None and plan.config.private
@@ -270,7 +272,7 @@ class Learner:
                         model, self.method, ctx, images, label_idx, tcfg, BatchAugment(cfg.augment), normalizer, rng,
                         replay=replay, memory_format=self._memory_format, autocast=self._autocast,
                         show_progress=show_progress, deadline=deadline, setup=setup,
-                        compile_backend=compile_backend(cfg, self.device, setup),
+                        compile_backend=backend, compile_mode=cfg.compile_mode,
                     )
             del replay
             align = None
@@ -295,6 +297,7 @@ class Learner:
                     gen, model, n_seen, cfg.dream, gen_opt, self._seeded_generator(task_index, salt=1),
                     memory_format=self._memory_format, autocast=self._autocast,
                     show_progress=show_progress, deadline=deadline, collective=collective,
+                    compile_backend=compile_backend(cfg, self.device, None), compile_mode=cfg.compile_mode,
                 )
                 diversity = measure_diversity(
                     gen, model, n_seen, self._seeded_generator(task_index, salt=3),

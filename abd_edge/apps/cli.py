@@ -88,7 +88,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--profile measures cifar10 task 1, got --dataset {args.dataset}; pass --dataset cifar10")
         require("torchvision", "PIL", feature="abd-edge bench --profile")
         profiling = import_or_explain("abd_edge.apps.profiling", feature="abd-edge bench --profile")
-        return profiling.main(profiling.bench_argv(args.data_root, args.threads, args.out, args.max_tasks == 1))
+        return profiling.main(profiling.bench_argv(args.data_root, args.threads, args.out, args.max_tasks == 1, args.device))
     needs = (["sklearn"] if args.dataset == "digits" else []) + ([] if args.no_plot else ["matplotlib"])
     require(*needs, feature="abd-edge bench")  # before minutes of training, not after
     bench = import_or_explain("abd_edge.apps.bench", feature="abd-edge bench")

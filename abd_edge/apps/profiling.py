@@ -45,13 +45,13 @@ from abd_edge import Learner, LearnerConfig
 from abd_edge.data import LabeledImages, class_order, load_cifar10_jpeg, split_tasks
 from abd_edge.dreaming import train_generator
 from abd_edge.environment import cpu_name, environment
-from abd_edge.compute import resolve_autocast
+from abd_edge.compute import compile_backend, resolve_autocast, resolve_device
 from abd_edge.models import build_backbone
 
 BATCH = 128
 LABELS = ("abd.augment", "abd.replay_sample", "abd.forward", "abd.teacher_forward", "abd.loss", "abd.backward",
           "abd.optimizer")
-DREAM_LABELS = ("abd.dream_generator", "abd.dream_classifier", "abd.bn_hooks", "abd.dream_losses", "abd.dream_backward",
+DREAM_LABELS = ("abd.dream_forward", "abd.dream_generator", "abd.dream_classifier", "abd.bn_hooks", "abd.dream_losses", "abd.dream_backward",
                 "abd.dream_optimizer")
 
 
@@ -97,8 +97,8 @@ class PilImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.array[i])), self.targets[i]
 
 
-def plain_loop(data: LabeledImages, seconds: float, workers: int) -> dict[str, Any]:
-    """The reference's way: DataLoader + per-image PIL transforms, fp32 contiguous ResNet-32, SGD."""
+def plain_loop(data: LabeledImages, seconds: float, workers: int, device: torch.device) -> dict[str, Any]:
+    """The reference's way: DataLoader + per-image PIL transforms, fp32 contiguous ResNet-32, SGD (batches copied to ``device``)."""
     from torchvision import transforms
 
     x = data.images.float() / 255
@@ -106,15 +106,16 @@ def plain_loop(data: LabeledImages, seconds: float, workers: int) -> dict[str, A
     tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                              transforms.ToTensor(), transforms.Normalize(mean, std)])
     loader = torch.utils.data.DataLoader(PilImages(data, tf), batch_size=BATCH, shuffle=True, num_workers=workers,
-                                         drop_last=True, persistent_workers=workers > 0)
+                                         drop_last=True, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
     torch.manual_seed(0)
-    model = build_backbone("resnet32", 10, 3)
+    model = build_backbone("resnet32", 10, 3).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     model.train()
     seen, steps = 0, 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         for xb, yb in loader:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -123,45 +124,55 @@ def plain_loop(data: LabeledImages, seconds: float, workers: int) -> dict[str, A
             steps += 1
             if time.perf_counter() - start >= seconds:
                 break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     del loader
     return {"images_per_second": seen / elapsed, "images": seen, "seconds": elapsed, "steps": steps}
 
 
 # --------------------------------------------------------------- engine
-def engine_config(variant: dict[str, Any], threads: int, dream_iterations: int = 0) -> LearnerConfig:
-    cfg = LearnerConfig.short_budget(epochs=1, dream_iterations=dream_iterations, device="cpu", seed=0,
+def engine_config(variant: dict[str, Any], threads: int, dream_iterations: int = 0, device: str = "cpu") -> LearnerConfig:
+    # Epochs enough to fill any measurement: the time budget ends it (on a GPU one epoch is well under a second).
+    cfg = LearnerConfig.short_budget(epochs=1000, dream_iterations=dream_iterations, device=device, seed=0,
                                      max_classes=10, num_threads=threads, train_eval_max_images=256,
                                      precision=variant["precision"], channels_last=variant["channels_last"],
-                                     compile=variant.get("compile", False))
+                                     compile=variant.get("compile", False), compile_mode=variant.get("compile_mode"),
+                                     cuda_deterministic=variant.get("cuda_deterministic", True))
     for t in (cfg.first_task, cfg.later_tasks):
         t.batch_size = BATCH
     cfg.dream.batch_size = BATCH
     return cfg
 
 
-def engine_task1(data: LabeledImages, variant: dict[str, Any], seconds: float, threads: int) -> dict[str, Any]:
-    learner = Learner(engine_config(variant, threads))
+def engine_task1(data: LabeledImages, variant: dict[str, Any], seconds: float, threads: int,
+                 device: str = "cpu") -> dict[str, Any]:
+    learner = Learner(engine_config(variant, threads, device=device))
     rep = learner.learn_new_classes(data, dream=False, time_budget_s=seconds, show_progress=False)
     return {"images_per_second": rep.train_images_per_second, "seconds": rep.train_seconds,
             "images": round(rep.train_images_per_second * rep.train_seconds)}
 
 
 def task1_learner(data: LabeledImages, variant: dict[str, Any], threads: int, train_s: float,
-                  dream_iterations: int) -> tuple[Learner, float]:
+                  dream_iterations: int, device: str = "cpu") -> tuple[Learner, float]:
     """A learner after ``train_s`` of task 1 and ``dream_iterations`` of dreaming; returns it and the dreaming s/iteration.
 
     The learner's own time budget would cut dreaming short too, so the
     generator is trained here, with the learner's own generator, optimizer,
     layout and precision.
     """
-    learner = Learner(engine_config(variant, threads, dream_iterations))
+    learner = Learner(engine_config(variant, threads, dream_iterations, device))
     learner.learn_new_classes(data, dream=False, time_budget_s=train_s, show_progress=False)
     state = learner._state
     assert state.generator is not None and state.generator_opt is not None and state.model is not None
+    backend = compile_backend(learner.config, learner.device, None)
+    kwargs = dict(memory_format=learner._memory_format, autocast=learner._autocast, show_progress=False,
+                  compile_backend=backend, compile_mode=learner.config.compile_mode)
+    # a few iterations first: compilation (or cuDNN's first calls) is not the steady state a task's thousands see
+    train_generator(state.generator, state.model, learner.num_classes, learner.config.dream, state.generator_opt,
+                    torch.Generator(learner.device).manual_seed(0), iterations=3, **kwargs)
     dr = train_generator(state.generator, state.model, learner.num_classes, learner.config.dream, state.generator_opt,
-                         torch.Generator().manual_seed(1), memory_format=learner._memory_format,
-                         autocast=learner._autocast, show_progress=False)
+                         torch.Generator(learner.device).manual_seed(1), **kwargs)
     return learner, dr.seconds_per_iteration
 
 
@@ -211,8 +222,10 @@ def dream_breakdown(learner: Learner, iterations: int) -> dict[str, Any]:
 
     def work() -> None:
         holder["rep"] = train_generator(gen, state.model, learner.num_classes, learner.config.dream, opt,
-                                        torch.Generator().manual_seed(2), memory_format=learner._memory_format,
-                                        autocast=learner._autocast, show_progress=False, iterations=iterations)
+                                        torch.Generator(learner.device).manual_seed(2), memory_format=learner._memory_format,
+                                        autocast=learner._autocast, show_progress=False, iterations=iterations,
+                                        compile_backend=compile_backend(learner.config, learner.device, None),
+                                        compile_mode=learner.config.compile_mode)
 
     ranges = profile_ranges(work, DREAM_LABELS)
     rep = holder["rep"]
@@ -230,6 +243,12 @@ VARIANTS = {
     "bf16": {"precision": "bf16", "channels_last": True},
     # torch.compile (inductor) of the training forward; a warm-up call compiles first (not timed)
     "bf16_compile": {"precision": "bf16", "channels_last": True, "compile": True},
+    # the same with CUDA graphs (compile mode "reduce-overhead"): launch overhead gone on a GPU
+    "bf16_cudagraphs": {"precision": "bf16", "channels_last": True, "compile": True, "compile_mode": "reduce-overhead"},
+    # cuDNN's fastest (non-deterministic) kernels instead of the repeatable ones (CUDA only)
+    "bf16_compile_fast_cudnn": {"precision": "bf16", "channels_last": True, "compile": True, "cuda_deterministic": False},
+    "bf16_cudagraphs_fast_cudnn": {"precision": "bf16", "channels_last": True, "compile": True,
+                                   "compile_mode": "reduce-overhead", "cuda_deterministic": False},
 }
 
 
@@ -241,14 +260,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def bench_argv(data_root: str | None, threads: int | None, out: str | None, quick: bool) -> list[str]:
+def bench_argv(data_root: str | None, threads: int | None, out: str | None, quick: bool,
+               device: str | None = None) -> list[str]:
     """``abd-edge bench --profile``'s options as this program's: cifar10 data, or random images without it.
 
     ``quick`` (bench's ``--max-tasks 1``) shortens every measurement to a
     smoke test; the ratios it prints are then only indicative.
     """
     argv = ["--data", data_root] if data_root else ["--synthetic", "1024"]
-    argv += ["--threads", str(threads or 1)]
+    argv += ["--threads", str(threads or 1), "--device", device or "cpu"]
     argv += ["--out", out or f"runs/profile-{slug(cpu_name())}-{os.cpu_count()}c.json"]
     if quick:
         argv += ["--seconds", "3", "--rounds", "1", "--replay-seconds", "3", "--dream-iters", "2", "--variants", "fp32,bf16"]
@@ -261,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", type=int, help="no data file: this many random 32x32 images per task (smoke test)")
     p.add_argument("--images", type=int, help="use only this many images of each task")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training loops (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto; on CUDA every variant is warmed up first")
+    p.add_argument("--replay-variants", default="fp32,bf16",
+                   help="variants whose replay training and dreaming are measured (default fp32,bf16)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop (default 2)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each task-1 measurement")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of plain and engine measurements")
@@ -272,16 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     if (args.data is None) == (args.synthetic is None):
         p.error("give exactly one of --data and --synthetic")
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     variants = [v for v in args.variants.split(",") if v]
-    for v in variants:
+    replay_variants = [v for v in args.replay_variants.split(",") if v]
+    for v in variants + replay_variants:
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r}; expected one of {sorted(VARIANTS)}")
     task1, task2 = cifar10_tasks(args.data, args.images) if args.data else synthetic_tasks(args.synthetic)
     warmup: dict[str, float] = {}
     for name in variants:
-        if VARIANTS[name].get("compile"):
+        if VARIANTS[name].get("compile") or device.type == "cuda":
             start = time.perf_counter()
-            engine_task1(task1, VARIANTS[name], min(args.seconds, 10.0), args.threads)
+            engine_task1(task1, VARIANTS[name], min(args.seconds, 10.0), args.threads, str(device))
             warmup[name] = time.perf_counter() - start
             print(f"warm-up (compilation) of {name}: {warmup[name]:.0f} s", flush=True)
 
@@ -289,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], **{v: [] for v in variants}}
     for r in range(args.rounds):
         for name in ["plain", *variants]:
-            res = (plain_loop(task1, args.seconds, args.workers) if name == "plain"
-                   else engine_task1(task1, VARIANTS[name], args.seconds, args.threads))
+            res = (plain_loop(task1, args.seconds, args.workers, device) if name == "plain"
+                   else engine_task1(task1, VARIANTS[name], args.seconds, args.threads, str(device)))
             runs[name].append(res)
             print(f"round {r + 1}/{args.rounds} {name:<16} {res['images_per_second']:7.1f} img/s", flush=True)
     plain = _median(runs["plain"])
@@ -299,11 +324,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. replay training, dreaming, and the breakdowns, per precision
     replay: dict[str, Any] = {}
-    for name in [v for v in variants if v in ("fp32", "bf16")]:
-        learner, spi = task1_learner(task1, VARIANTS[name], args.threads, min(args.seconds, 10.0), args.dream_iters)
+    for name in replay_variants:
+        learner, spi = task1_learner(task1, VARIANTS[name], args.threads, min(args.seconds, 10.0), args.dream_iters,
+                                     str(device))
+        if device.type == "cuda" or VARIANTS[name].get("compile"):
+            replay_task2(learner, task2, min(args.replay_seconds, 5.0))  # warm-up: the replay graphs compile here
         rp = replay_task2(learner, task2, args.replay_seconds)
         replay[name] = {
-            "autocast": str(resolve_autocast(VARIANTS[name]["precision"], torch.device("cpu"))),
+            "autocast": str(resolve_autocast(VARIANTS[name]["precision"], device)),
             "replay_images_per_second": rp["images_per_second"],
             "dream_seconds_per_iteration": spi,
             "replay_step": step_breakdown(learner, task2, min(args.replay_seconds, 8.0)),
@@ -319,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "profile_argv": list(argv) if argv is not None else sys.argv[1:],
         "environment": env,
-        "setup": {"model": "resnet32", "batch_size": BATCH, "task": "cifar10-5x2 task 1 (seed 0 class order)"
+        "setup": {"model": "resnet32", "batch_size": BATCH, "device": str(device),
+                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "task": "cifar10-5x2 task 1 (seed 0 class order)"
                   if args.data else f"synthetic {args.synthetic}", "threads": args.threads,
                   "plain_loader_workers": args.workers, "seconds_per_measurement": args.seconds,
                   "rounds": args.rounds, "images_per_task": len(task1), "compile_warmup_seconds": warmup},

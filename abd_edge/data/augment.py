@@ -23,8 +23,9 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 3:
-        w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x * w).sum(1, keepdim=True)
+        # Python-float weights: a weight tensor built from a list here was copied to the GPU on every call, and
+        # that copy waited for the GPU to finish its queue (2 synchronisations per training step on an H200).
+        return x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
     return x.mean(1, keepdim=True)
 
 

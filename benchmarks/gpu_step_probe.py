@@ -1,0 +1,176 @@
+"""Where a training step's time goes on a GPU: steady-state epochs, host-device synchronisations, GPU-busy time.
+
+    python benchmarks/gpu_step_probe.py --data .data/cifar10_jpeg.npz --out runs/gpu-probe.json
+
+The profile (abd_edge/apps/profiling.py) times whole ``learn_new_classes``
+calls, so on a GPU, where an epoch of cifar10's 10,000 images takes about a
+second, its numbers mix compilation and CUDA-graph recording into the
+throughput. This probe reads the engine's own per-epoch log lines instead,
+and reports the median of the epochs after the first (the steady state a
+250-epoch task sees) for each engine variant; for the fastest it also lists
+every operation that synchronised the host with the GPU during one epoch
+(``torch.cuda.set_sync_debug_mode``), and the wall time of a few profiled
+steps against the time the GPU spent in kernels. Then replay training of
+task 2 and dreaming, in the same variant, the same way. CPU runs work too
+(no sync list there), to test the program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import re
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from abd_edge import Learner
+from abd_edge.apps.profiling import VARIANTS, cifar10_tasks, engine_config
+from abd_edge.compute import compile_backend, resolve_device
+from abd_edge.dreaming import train_generator
+
+EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*\((\d+) img/s\)")
+
+
+class EpochRates(logging.Handler):
+    """Collects the images/s of each epoch line the engine logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.rates: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = EPOCH_LINE.search(record.getMessage())
+        if m:
+            self.rates.append(float(m.group(3)))
+
+
+def steady(rates: list[float]) -> float | None:
+    return statistics.median(rates[1:]) if len(rates) > 1 else (rates[0] if rates else None)
+
+
+def learner_for(variant: str, device: str, epochs: int, later_epochs: int, dream: int, threads: int) -> Learner:
+    cfg = engine_config(VARIANTS[variant], threads, dream, device)
+    cfg.first_task.epochs = epochs
+    cfg.later_tasks.epochs = later_epochs
+    return Learner(cfg)
+
+
+def sync_points(learner: Learner, data: Any) -> list[str]:
+    """Every distinct place that synchronised host and GPU during one more task-1-sized call."""
+    if learner.device.type != "cuda":
+        return []
+    probe = learner_for_same(learner, epochs=1)
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe.learn_new_classes(data, dream=False, show_progress=False)
+    torch.cuda.set_sync_debug_mode(0)
+    counts: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message).lower():
+            key = f"{Path(w.filename).name}:{w.lineno}: {str(w.message)[:80]}"
+            counts[key] = counts.get(key, 0) + 1
+    return [f"{n:5d}x {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+def learner_for_same(learner: Learner, epochs: int) -> Learner:
+    cfg = copy.deepcopy(learner.config)
+    cfg.first_task.epochs = epochs
+    return Learner(cfg)
+
+
+def gpu_busy(learner: Learner, data: Any) -> dict[str, Any]:
+    """Wall time of one profiled epoch against the summed time of the GPU's kernels in it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if learner.device.type == "cuda" else [])
+    probe = learner_for_same(learner, epochs=1)
+    start = time.perf_counter()
+    with profile(activities=acts) as prof:
+        rep = probe.learn_new_classes(data, dream=False, show_progress=False)
+    wall = time.perf_counter() - start
+    rows = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in rows)
+    top_cpu = sorted(rows, key=lambda e: -e.self_cpu_time_total)[:15]
+    return {
+        "train_seconds": rep.train_seconds, "call_seconds": wall, "gpu_kernel_seconds": device_us / 1e6,
+        "top_self_cpu_ms": {e.key: round(e.self_cpu_time_total / 1000, 1) for e in top_cpu},
+        "top_self_cpu_count": {e.key: e.count for e in top_cpu},
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--variants", default="bf16,bf16_compile,bf16_cudagraphs")
+    p.add_argument("--epochs", type=int, default=6, help="task-1 epochs per variant (the first is warm-up)")
+    p.add_argument("--later-epochs", type=int, default=4, help="task-2 epochs (replay) in the fastest variant")
+    p.add_argument("--dream-iters", type=int, default=150)
+    p.add_argument("--images", type=int, help="only this many images per task (a CPU test)")
+    p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = str(resolve_device(args.device))
+    task1, task2 = cifar10_tasks(args.data, args.images)
+    handler = EpochRates()
+    logging.getLogger("abd_edge.engine").addHandler(handler)
+    logging.getLogger("abd_edge.engine").setLevel(logging.INFO)
+    doc: dict[str, Any] = {"device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+                           "torch": torch.__version__, "images_per_task": len(task1), "task1": {}}
+    learners: dict[str, Learner] = {}
+    for v in args.variants.split(","):
+        handler.rates = []
+        learner = learner_for(v, device, args.epochs, args.later_epochs, args.dream_iters, args.threads)
+        t = time.perf_counter()
+        learner.learn_new_classes(task1, dream=False, show_progress=False)
+        doc["task1"][v] = {"epoch_images_per_second": list(handler.rates), "steady_images_per_second": steady(handler.rates),
+                           "call_seconds": time.perf_counter() - t}
+        learners[v] = learner
+        print(f"task 1 {v:<28} steady {steady(handler.rates) or 0:8.0f} img/s  epochs {[round(r) for r in handler.rates]}",
+              flush=True)
+    best = max(doc["task1"], key=lambda k: doc["task1"][k]["steady_images_per_second"] or 0)
+    learner = learners[best]
+    doc["best"] = best
+    doc["sync_points_one_epoch"] = sync_points(learner, task1)
+    print(f"sync points in one epoch of {best}:", *doc["sync_points_one_epoch"][:12], sep="\n  ", flush=True)
+    doc["one_profiled_epoch"] = gpu_busy(learner, task1)
+    b = doc["one_profiled_epoch"]
+    print(f"one profiled epoch of {best}: train {b['train_seconds']:.2f} s, GPU kernels {b['gpu_kernel_seconds']:.2f} s", flush=True)
+    print("  top self CPU ms:", b["top_self_cpu_ms"], flush=True)
+
+    # dreaming: a warm-up call (compilation), then the steady state
+    st = learner._state
+    kw = dict(memory_format=learner._memory_format, autocast=learner._autocast, show_progress=False,
+              compile_backend=compile_backend(learner.config, learner.device, None), compile_mode=learner.config.compile_mode)
+    w = train_generator(st.generator, st.model, learner.num_classes, learner.config.dream, st.generator_opt,
+                        torch.Generator(learner.device).manual_seed(0), iterations=10, **kw)
+    d = train_generator(st.generator, st.model, learner.num_classes, learner.config.dream, st.generator_opt,
+                        torch.Generator(learner.device).manual_seed(1), **kw)
+    doc["dreaming"] = {"warmup_seconds_10_iterations": w.seconds, "iterations": d.iterations,
+                       "seconds_per_iteration": d.seconds_per_iteration}
+    print(f"dreaming ({best}): {d.seconds_per_iteration * 1000:.1f} ms/iteration over {d.iterations} "
+          f"(warm-up 10 in {w.seconds:.1f} s)", flush=True)
+    handler.rates = []
+    t = time.perf_counter()
+    learner.learn_new_classes(task2, dream=False, show_progress=False)
+    doc["replay"] = {"epoch_images_per_second": list(handler.rates), "steady_images_per_second": steady(handler.rates),
+                     "call_seconds": time.perf_counter() - t}
+    print(f"replay (task 2, {best}): steady {steady(handler.rates) or 0:.0f} real img/s, epochs "
+          f"{[round(r) for r in handler.rates]}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
