@@ -6,7 +6,8 @@
 #   DATA=.data/cifar10_jpeg.npz OUT=$OUT DEADLINE=540 bash benchmarks/gpu_paper_protocol.sh
 #
 # 1. smoke: digits, 2 tasks, on the device, eager; stop if it breaks;
-# 2. the probe (benchmarks/gpu_step_probe.py): steady-state task-1 images/s of each engine variant (fp32,
+# 2. the probe (benchmarks/gpu_step_probe.py): a bare ResNet-32 step eager and captured whole in one CUDA graph
+#    (the ceiling), steady-state task-1 images/s of each engine variant (fp32,
 #    bf16, compiled, compiled with CUDA graphs) from the engine's per-epoch log lines, every host-device
 #    synchronisation of one epoch, GPU-kernel time against wall time, then dreaming and replay training of
 #    task 2 in the fastest variant, at steady state (compilation and graph recording are warm-up there);
@@ -21,7 +22,7 @@
 # teacher, the replay draw and the dreaming step; a compiler failure falls back to eager by itself.
 #
 # Tested on CPU with a tiny budget:
-#   DEVICE=cpu DATA=.data/cifar10_jpeg.npz DEADLINE=400 PROBE_VARIANTS=bf16,bf16_compile THREADS=2 \
+#   DEVICE=cpu DATA=.data/cifar10_jpeg.npz DEADLINE=400 PROBE_VARIANTS=bf16,bf16_compile THREADS=2 BARE_STEPS=2 \
 #     PROBE_ARGS="--images 512 --epochs 2 --later-epochs 2 --dream-iters 3" PROFILE_ARGS="--images 512 --seconds 3 \
 #     --rounds 1" PY=.venv/bin/python PROTOCOL_IMAGES=fast bash benchmarks/gpu_paper_protocol.sh
 set -u
@@ -35,6 +36,7 @@ THREADS=${THREADS:-4}
 PROBE_VARIANTS=${PROBE_VARIANTS:-fp32,bf16,bf16_compile,bf16_cudagraphs}
 PROBE_ARGS=${PROBE_ARGS:---epochs 5 --later-epochs 3 --dream-iters 100}
 PROBE_LIMIT=${PROBE_LIMIT:-200}
+BARE_STEPS=${BARE_STEPS:-60}      # bare ResNet-32 steps timed eager and in one CUDA graph (the ceiling); 0: skip
 PROFILE_VARIANTS=${PROFILE_VARIANTS:-fp32,bf16}
 PROFILE_ARGS=${PROFILE_ARGS:---seconds 8 --rounds 1}
 PROFILE_LIMIT=${PROFILE_LIMIT:-60}
@@ -62,9 +64,9 @@ grep -E "^\[abd\]" "$OUT/smoke.log"
 echo "== probe: steady-state epochs, synchronisations, replay, dreaming ($(left) s left)"
 # shellcheck disable=SC2086
 timeout "$PROBE_LIMIT" $PY benchmarks/gpu_step_probe.py --data "$DATA" --device "$DEVICE" --threads "$THREADS" \
-    --variants "$PROBE_VARIANTS" $PROBE_ARGS --out "$OUT/probe.json" > "$OUT/probe.log" 2>&1
+    --variants "$PROBE_VARIANTS" --bare-steps "$BARE_STEPS" $PROBE_ARGS --out "$OUT/probe.json" > "$OUT/probe.log" 2>&1
 echo "probe: rc $?"
-grep -E "^(task 1|sync|  +[0-9]+x|one profiled|  top|dreaming|replay|wrote)" "$OUT/probe.log" | cut -c1-300
+grep -E "^(bare step|task 1|sync|  +[0-9]+x|one profiled|  top|dreaming|replay|wrote)" "$OUT/probe.log" | cut -c1-300
 
 echo "== profile: the plain DataLoader+PIL loop against the engine ($(left) s left)"
 # shellcheck disable=SC2086

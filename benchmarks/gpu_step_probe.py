@@ -106,6 +106,80 @@ def gpu_busy(learner: Learner, data: Any) -> dict[str, Any]:
     }
 
 
+def bare_steps(device: torch.device, steps: int = 60, warmup: int = 15) -> dict[str, float]:
+    """ms per ResNet-32 step at batch 128 with nothing around it: eager, and captured whole in one CUDA graph.
+
+    The ceiling of what the engine can reach on this GPU: ``graph_*`` replays
+    augmentation (the engine's batched crop, flip and colour jitter, on the
+    default generator, which CUDA graphs can replay), normalisation,
+    forward, loss, backward and the SGD step as one graph, so the host
+    launches one thing per step instead of several hundred.
+    """
+    import torch.nn.functional as F
+
+    from abd_edge.config import AugmentConfig
+    from abd_edge.data.augment import BatchAugment, to_unit_float
+    from abd_edge.models import build_backbone
+
+    augment = BatchAugment(AugmentConfig(crop_padding=4, flip=True, brightness=0.25, contrast=0.8))
+    out: dict[str, float] = {}
+    for name in ("eager_fp32", "eager_bf16", "graph_fp32", "graph_bf16"):
+        if name.startswith("graph") and device.type != "cuda":
+            continue
+        bf16 = name.endswith("bf16")
+        torch.manual_seed(0)
+        model = build_backbone("resnet32", 10, 3).to(device).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+        batch = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8, device=device)
+        labels = torch.randint(0, 10, (128,), device=device)
+
+        def step() -> None:
+            x = augment(to_unit_float(batch)).sub(0.5).div(0.25).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+                loss = F.cross_entropy(model(x).float(), labels)
+            loss.backward()
+            opt.step()
+
+        def eager() -> None:
+            opt.zero_grad(set_to_none=True)
+            step()
+
+        run = eager
+        if name.startswith("graph"):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up off the capture: lazy allocations, momentum buffers, cuDNN plans
+                    eager()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # no gradients before capture: backward then allocates them from the graph's pool, and every replay
+            # writes them afresh instead of adding to the last step's (PyTorch's whole-network capture recipe)
+            opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                step()
+
+            def run() -> None:
+                graph.replay()  # the same batch each time: a timing, not training
+
+        try:
+            for _ in range(warmup):
+                run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(steps):
+                run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            out[name] = 1000 * (time.perf_counter() - t) / steps
+        except Exception as exc:  # noqa: BLE001 - a probe reports what failed and goes on
+            out[name + "_error"] = f"{type(exc).__name__}: {exc}"[:200]  # type: ignore[assignment]
+        print(f"bare step {name}: " + (f"{out[name]:.2f} ms, {128 / out[name] * 1000:.0f} img/s" if name in out
+                                       else str(out.get(name + '_error'))), flush=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)
@@ -117,6 +191,8 @@ def main() -> int:
     p.add_argument("--images", type=int, help="only this many images per task (a CPU test)")
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--bare-steps", type=int, default=0,
+                   help="first: time this many bare steps, eager and in one CUDA graph (0: skip)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))
@@ -126,6 +202,8 @@ def main() -> int:
     logging.getLogger("abd_edge.engine").setLevel(logging.INFO)
     doc: dict[str, Any] = {"device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
                            "torch": torch.__version__, "images_per_task": len(task1), "task1": {}}
+    if args.bare_steps:
+        doc["bare_step_ms"] = bare_steps(torch.device(device), steps=args.bare_steps, warmup=max(1, args.bare_steps // 4))
     learners: dict[str, Learner] = {}
     for v in args.variants.split(","):
         handler.rates = []
