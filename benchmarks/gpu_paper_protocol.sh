@@ -83,11 +83,12 @@ from abd_edge.apps.profiling import VARIANTS
 budget, max_epochs, fast = float(sys.argv[2]) - 120, int(sys.argv[3]), sys.argv[4] == "fast"
 t1, rep, spi, best = 5000.0, 3000.0, 0.03, "bf16_compile"
 if os.path.exists(sys.argv[1]):
-    doc = json.load(open(sys.argv[1]))
-    best = doc["best"]
-    t1 = doc["task1"][best]["steady_images_per_second"]
-    rep = doc["replay"]["steady_images_per_second"] or rep
-    spi = doc["dreaming"]["seconds_per_iteration"]
+    doc = json.load(open(sys.argv[1]))  # a probe stopped by its limit leaves the stages it finished
+    rates = {k: v["steady_images_per_second"] or 0 for k, v in doc.get("task1", {}).items()}
+    best = doc.get("best") or (max(rates, key=rates.get) if rates else best)
+    t1 = rates.get(best) or t1
+    rep = (doc.get("replay") or {}).get("steady_images_per_second") or rep
+    spi = (doc.get("dreaming") or {}).get("seconds_per_iteration") or spi
 n = 10000
 train_epoch = n / t1 + 4 * n / rep          # task 1, then 4 tasks with replay
 epochs = 1 if fast else max(1, min(max_epochs, int(0.9 * budget / (train_epoch + 4 * 40 * spi))))
