@@ -148,3 +148,17 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
     _train(compile=True, compile_backend="aot_eager", compile_mode="reduce-overhead")
     assert seen and seen[0]["mode"] == "reduce-overhead"
     compiled.mark_step("inductor", "reduce-overhead")  # no CUDA here: must not raise
+
+
+def test_cuda_determinism_setting_sets_both_cudnn_flags():
+    """cuda_deterministic=False asks cuDNN for its fastest kernels (benchmark mode) instead of repeatable ones."""
+    from abd_edge.compute import make_cuda_repeatable
+
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        make_cuda_repeatable(False)
+        assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (False, True)
+        make_cuda_repeatable()
+        assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (True, False)
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
