@@ -53,10 +53,10 @@ class CompiledForward:
 def _allow_recompiles(limit: int = 64) -> None:
     """Raise dynamo's per-function recompile limit (8 by default).
 
-    Every task trains a new copy of the model with a grown head, and the
-    last batch of an epoch has its own size: a 5-task run compiles the same
-    forward function more than 8 times, after which dynamo silently runs it
-    eagerly.
+    Every task trains a new copy of the model, the last batch of an epoch
+    has its own size, replay doubles the batch and evaluation runs without
+    gradients: a 5-task run can compile the same function more than 8 times,
+    after which dynamo silently runs it eagerly.
     """
     cfg = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.6; older names still alias
