@@ -36,7 +36,8 @@ from abd_edge.onnx_compat import parse_version
 from abd_edge.progress import Stages
 from abd_edge.signing import sign_version
 
-from .onnx_export import DEFAULT_OPSET, DeployedClassifier, export_classifier, export_generator
+from .onnx_export import (DEFAULT_OPSET, DeployedClassifier, export_classifier, export_generator,
+                          reexport_classifier_head)
 from .parity import dreamed_images, verification_images, verify_parity
 from .quantize import compare_int8, int8_verdict, quantize_classifier_int8
 
@@ -77,6 +78,7 @@ def export_bundle(
     keep_optimizer: bool = False,
     generator_onnx: bool = False,
     show_progress: bool = True,
+    previous_classifier: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export ``learner`` as a new version of the bundle at ``path``; return what was written.
 
@@ -101,7 +103,13 @@ def export_bundle(
     ``device.dream()`` dreams through torch: a device that dreams is a
     device that updates, and an update needs torch anyway.
     ``show_progress`` draws a bar over the export stages (only when someone
-    watches, see :mod:`abd_edge.progress`).
+    watches, see :mod:`abd_edge.progress`). ``previous_classifier``: the
+    classifier file of a version whose backbone the learner still has bit
+    for bit (an update that only set the head); its head is rewritten
+    instead of exporting the whole network again
+    (:func:`~abd_edge.export.onnx_export.reexport_classifier_head`), and the
+    full export runs if that file does not have the expected shape. The
+    parity check below verifies the result either way.
     """
     learner._require_fitted("export")
     if quantize not in (None, "int8"):
@@ -115,8 +123,16 @@ def export_bundle(
         bar.stage("classifier ONNX")
         labels = {"labels": [learner.registry.label_of(i) for i in range(learner.num_classes)],
                   "class_names": [learner.registry.name_of(i) for i in range(learner.num_classes)]}
-        cls_info = export_classifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w),
-                                     d / CLASSIFIER_ONNX, opset=opset, metadata=labels)
+        cls_info = None
+        if previous_classifier is not None:
+            cls_info = reexport_classifier_head(previous_classifier, learner.model, learner.normalizer,
+                                                learner.num_classes, (c, h, w), d / CLASSIFIER_ONNX, metadata=labels)
+            if cls_info is None:
+                log.warning("%s has no Slice(Gemm) head of this model's shape: exporting the whole classifier",
+                            previous_classifier)
+        if cls_info is None:
+            cls_info = export_classifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w),
+                                         d / CLASSIFIER_ONNX, opset=opset, metadata=labels)
         min_ort = [cls_info["min_onnxruntime"]]
         bar.stage("classifier parity")
         images = verification_images(learner, verify_images, seed=learner.tasks_learned)
@@ -177,6 +193,7 @@ def export_bundle(
         "files": files,
         "parity": parity,
         "quantization": quant,
+        "classifier_export": cls_info["reexport"],  # "full", or "head": the parent's file with its head rewritten
         "seconds": time.perf_counter() - start,
         "manifest": written,
     }

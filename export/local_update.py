@@ -17,8 +17,9 @@ from typing import Any, Hashable, Mapping, Protocol, Sequence
 import torch
 
 from abd_edge.auto_config import PAPER_DREAM_BATCH, auto_batch_size
-from abd_edge.bundle_format import GENERATOR_ONNX, LEARNER_DIR, fault_point
+from abd_edge.bundle_format import CLASSIFIER_ONNX, GENERATOR_ONNX, LEARNER_DIR, fault_point
 from abd_edge.bundle_store import BundleStore
+from abd_edge.class_statistics import backbone_fingerprint
 from abd_edge.config import LearnerConfig
 from abd_edge.data.adapters import as_labeled_images
 from abd_edge.errors import BundleError
@@ -162,6 +163,7 @@ def update_bundle(
             torch.set_num_threads(budget.threads)
         try:
             n_old = learner.num_classes
+            backbone_before = backbone_fingerprint(learner.model)
             replays = learner.method.uses_replay
             old_dreamed = dream_old_classes(learner, gate, seed=learner.tasks_learned) if replays else None
             rep = learner.learn_new_classes(data, class_names, time_budget_s=budget.time_budget_s,
@@ -197,6 +199,10 @@ def update_bundle(
             "privacy_spent": rep.privacy,
             "quality": quality,
         }
+        # An update that set only the head (the class-mean release) keeps the backbone bit for bit: the new
+        # version's classifier is the parent's with its head rewritten, without torch's exporter (docs/DEPLOYMENT.md).
+        same_backbone = backbone_fingerprint(learner.model) == backbone_before
         info = export_bundle(learner, store, summary=summary, quantize=quantize, sign_key=sign_key,
-                             generator_onnx=GENERATOR_ONNX in manifest["files"])  # keep the bundle's shape
+                             generator_onnx=GENERATOR_ONNX in manifest["files"],  # keep the bundle's shape
+                             previous_classifier=store.version_dir(parent) / CLASSIFIER_ONNX if same_backbone else None)
         return LocalUpdate(parent, rep, quality, info, time.perf_counter() - t_export, plan)

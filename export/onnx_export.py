@@ -29,8 +29,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from abd_edge.bundle_schema import NORMALIZATION_APPLIED, TENSORS
@@ -304,7 +306,16 @@ def export_classifier(
     )
     c, h, w = wrapper.input_shape
     example = (torch.zeros((_EXAMPLE_BATCH, h, w, c), dtype=torch.uint8),)
-    meta = {
+    info = _export_module(wrapper, example, [CLASSIFIER_INPUT], CLASSIFIER_OUTPUTS, path, opset,
+                          _classifier_metadata(wrapper, metadata))
+    info.update(kind="classifier", n_classes=wrapper.n_classes, input_shape_nhwc=[h, w, c], reexport="full")
+    return info
+
+
+def _classifier_metadata(wrapper: DeployedClassifier, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a classifier file's ``metadata_props`` say: its input contract, the normalisation, its outputs."""
+    c, h, w = wrapper.input_shape
+    return {
         "input": {"name": CLASSIFIER_INPUT, "dtype": "uint8", "layout": "NHWC", "shape": [BATCH_DIM, h, w, c]},
         "normalization": {"mean": wrapper.mean.reshape(-1).tolist(), "std": wrapper.std.reshape(-1).tolist(),
                           "applied": NORMALIZATION_APPLIED},
@@ -312,9 +323,98 @@ def export_classifier(
                     TENSORS.probabilities: f"softmax of {TENSORS.logits}"},
         **(metadata or {}),
     }
-    info = _export_module(wrapper, example, [CLASSIFIER_INPUT], CLASSIFIER_OUTPUTS, path, opset, meta)
-    info.update(kind="classifier", n_classes=wrapper.n_classes, input_shape_nhwc=[h, w, c])
-    return info
+
+
+def reexport_classifier_head(
+    previous: str | os.PathLike[str],
+    model: CifarResNet | nn.Module,
+    normalizer: Normalizer,
+    n_classes: int,
+    input_shape: Sequence[int],
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Write ``path`` as the classifier file ``previous`` with only its head replaced; None if it cannot be.
+
+    An update that leaves the backbone bit-identical (the class-mean head of
+    a release-only or private update) changes two things in the exported
+    graph: the head's weights and how many logits are kept. A full export
+    would import torch's exporter (torch.export and onnxscript, about 180 MiB
+    and the peak of such an update on a device) and take seconds; this
+    rewrites the head's initializers, the logits' slice end and the output
+    shapes of ``previous`` and restamps its metadata. The caller must know
+    that the backbone, the normalisation and the input shape are those of
+    ``previous`` (the bundle's parity check then verifies the file against
+    the model either way). Returns None, writing nothing, when ``previous``
+    is not ``logits = Slice(Gemm(features, W, b))`` with a head of the
+    model's shape: the caller exports in full.
+    """
+    start = time.perf_counter()
+    wrapper = DeployedClassifier(model, normalizer, n_classes, input_shape)  # validates as a full export would
+    head = getattr(model, "get_classifier", lambda: None)()
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        return None
+    graph_model = onnx.load(str(previous))
+    g = graph_model.graph
+    producers = {out: node for node in g.node for out in node.output}
+    inits = {t.name: t for t in g.initializer}
+    sl = producers.get(TENSORS.logits)
+    if sl is None or sl.op_type != "Slice" or len(sl.input) < 4 or sl.input[2] not in inits or sl.input[3] not in inits:
+        return None
+    gemm = producers.get(sl.input[0])
+    if gemm is None or gemm.op_type != "Gemm" or len(gemm.input) != 3:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
+    if (attrs.get("transA", 0), attrs.get("transB", 0), attrs.get("alpha", 1.0), attrs.get("beta", 1.0)) != (0, 1, 1.0, 1.0):
+        return None
+    weight = head.weight.detach().float().cpu().numpy()
+    bias = head.bias.detach().float().cpu().numpy()
+    w_name, b_name = gemm.input[1], gemm.input[2]
+    if w_name not in inits or b_name not in inits:
+        return None
+    if tuple(inits[w_name].dims) != weight.shape or tuple(inits[b_name].dims) != bias.shape:
+        return None
+    if numpy_helper.to_array(inits[sl.input[3]]).tolist() not in ([1], [-1]):  # the slice cuts the class axis
+        return None
+    inits[w_name].CopyFrom(numpy_helper.from_array(weight, w_name))
+    inits[b_name].CopyFrom(numpy_helper.from_array(bias, b_name))
+    ends = numpy_helper.to_array(inits[sl.input[2]])
+    new_ends = numpy_helper.from_array(np.array([wrapper.n_classes], dtype=ends.dtype), f"{sl.input[2]}_head")
+    g.initializer.append(new_ends)  # a fresh name: the old end may be shared with other nodes
+    sl.input[2] = new_ends.name
+    for out in g.output:
+        dims = out.type.tensor_type.shape.dim
+        if out.name in CLASSIFIER_OUTPUTS and len(dims) == 2:
+            dims[1].Clear()
+            dims[1].dim_value = wrapper.n_classes
+    kept = [v for v in g.value_info if v.name not in CLASSIFIER_OUTPUTS]
+    del g.value_info[:]
+    g.value_info.extend(kept)
+    final = Path(path)
+    model_box: list[onnx.ModelProto] = []
+    stamped: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        onnx.save(graph_model, str(tmp))
+        stamped.update(stamp(tmp, _classifier_metadata(wrapper, metadata)))
+
+    def check(tmp: Path) -> None:
+        model_box.append(check_onnx_file(tmp, [CLASSIFIER_INPUT]))
+
+    atomic_write(final, write, check)
+    written = model_box[0]
+    opsets = opsets_of(written)
+    c, h, w = wrapper.input_shape
+    seconds = time.perf_counter() - start
+    return {
+        "path": str(final), "opset": opsets.get("ai.onnx"), "opsets": opsets, "ir_version": stamped["ir_version"],
+        "min_onnxruntime": stamped["min_onnxruntime"], "inputs": [value_info(v) for v in written.graph.input],
+        "outputs": [value_info(v) for v in written.graph.output], "bytes": final.stat().st_size,
+        "export_seconds": seconds, "total_seconds": seconds, "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__, "kind": "classifier", "n_classes": wrapper.n_classes,
+        "input_shape_nhwc": [h, w, c], "reexport": "head",
+    }
 
 
 # --------------------------------------------------------------------------- generator
