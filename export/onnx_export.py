@@ -377,12 +377,22 @@ def reexport_classifier_head(
         return None
     if numpy_helper.to_array(inits[sl.input[3]]).tolist() not in ([1], [-1]):  # the slice cuts the class axis
         return None
+    if sl.input[1] not in inits or numpy_helper.to_array(inits[sl.input[1]]).tolist() != [0]:  # from the first logit
+        return None
+    if len(sl.input) > 4 and sl.input[4] and (sl.input[4] not in inits
+                                              or numpy_helper.to_array(inits[sl.input[4]]).tolist() != [1]):
+        return None
     inits[w_name].CopyFrom(numpy_helper.from_array(weight, w_name))
     inits[b_name].CopyFrom(numpy_helper.from_array(bias, b_name))
     ends = numpy_helper.to_array(inits[sl.input[2]])
-    new_ends = numpy_helper.from_array(np.array([wrapper.n_classes], dtype=ends.dtype), f"{sl.input[2]}_head")
+    name = f"{sl.input[2]}_head"
+    while name in inits or any(name in n.output for n in g.node):
+        name += "_"
+    new_ends = numpy_helper.from_array(np.array([wrapper.n_classes], dtype=ends.dtype), name)
     g.initializer.append(new_ends)  # a fresh name: the old end may be shared with other nodes
-    sl.input[2] = new_ends.name
+    old_ends, sl.input[2] = sl.input[2], new_ends.name
+    if not any(old_ends in n.input for n in g.node):
+        g.initializer.remove(inits[old_ends])
     for out in g.output:
         dims = out.type.tensor_type.shape.dim
         if out.name in CLASSIFIER_OUTPUTS and len(dims) == 2:

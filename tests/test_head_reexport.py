@@ -49,6 +49,18 @@ def test_the_head_rewrite_equals_a_full_export(tmp_path):
     assert {k: v for k, v in props.items() if "export" not in k} == {k: v for k, v in full.items() if "export" not in k}
     assert [d.dim_value for d in onnx.load(str(tmp_path / "head.onnx")).graph.output[0].type.tensor_type.shape.dim][1:] == [4]
 
+    # a second update rewrites the rewritten file: one more class
+    with torch.no_grad():
+        head.weight[4] = 0.5
+        head.bias[4] = 0.1
+    again = reexport_classifier_head(tmp_path / "head.onnx", learner.model, learner.normalizer, 5, shape,
+                                     tmp_path / "head2.onnx")
+    assert again is not None
+    export_classifier(learner.model, learner.normalizer, 5, shape, tmp_path / "full2.onnx")
+    for got, want in zip(_run(tmp_path / "head2.onnx", images), _run(tmp_path / "full2.onnx", images)):
+        assert got.shape == (7, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
 
 def test_a_file_without_the_expected_head_is_left_to_the_full_export(tmp_path):
     learner, _, _ = fitted_learner()
