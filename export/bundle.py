@@ -123,10 +123,13 @@ def export_bundle(
         bar.stage("classifier ONNX")
         labels = {"labels": [learner.registry.label_of(i) for i in range(learner.num_classes)],
                   "class_names": [learner.registry.name_of(i) for i in range(learner.num_classes)]}
+        # the parity check's eval-mode copy of the model; the head rewrite only reads it (the full export, whose
+        # tracing could touch its module, makes its own)
+        deployed = DeployedClassifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w))
         cls_info = None
         if previous_classifier is not None:
-            cls_info = reexport_classifier_head(previous_classifier, learner.model, learner.normalizer,
-                                                learner.num_classes, (c, h, w), d / CLASSIFIER_ONNX, metadata=labels)
+            cls_info = reexport_classifier_head(previous_classifier, deployed, learner.normalizer, learner.num_classes,
+                                                (c, h, w), d / CLASSIFIER_ONNX, metadata=labels)
             if cls_info is None:
                 log.warning("%s has no Slice(Gemm) head of this model's shape: exporting the whole classifier",
                             previous_classifier)
@@ -136,7 +139,6 @@ def export_bundle(
         min_ort = [cls_info["min_onnxruntime"]]
         bar.stage("classifier parity")
         images = verification_images(learner, verify_images, seed=learner.tasks_learned)
-        deployed = DeployedClassifier(learner.model, learner.normalizer, learner.num_classes, (c, h, w))
         parity = {"classifier": verify_parity(deployed, d / CLASSIFIER_ONNX, {TENSORS.classifier_input: images})}
         gen_info = None
         if learner.generator is not None and not serve_only and generator_onnx:

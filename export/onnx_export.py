@@ -27,7 +27,7 @@ import copy
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -169,12 +169,25 @@ def _export_module(
     if program is None:  # only the legacy exporter returns None
         raise ExportError(f"torch.onnx.export returned no program for {final.name}; expected an ONNXProgram")
     export_s = time.perf_counter() - start
+    return _write_checked(final, lambda tmp: program.save(tmp, external_data=False), metadata, input_names,
+                          export_s, start, opset)
 
+
+def _write_checked(
+    final: Path,
+    save: Callable[[Path], None],
+    metadata: Mapping[str, Any] | None,
+    input_names: Sequence[str],
+    export_seconds: float,
+    start: float,
+    opset: int | None = None,
+) -> dict[str, Any]:
+    """Save with ``save``, stamp and check, atomically into ``final``; describe what was written."""
     model_box: list[onnx.ModelProto] = []
     stamped: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
-        program.save(tmp, external_data=False)
+        save(tmp)
         stamped.update(stamp(tmp, metadata))
 
     def check(tmp: Path) -> None:
@@ -192,7 +205,7 @@ def _export_module(
         "inputs": [value_info(v) for v in model.graph.input],
         "outputs": [value_info(v) for v in model.graph.output],
         "bytes": final.stat().st_size,
-        "export_seconds": export_s,
+        "export_seconds": export_seconds,
         "total_seconds": time.perf_counter() - start,
         "torch_version": torch.__version__,
         "onnx_version": onnx.__version__,
@@ -348,11 +361,15 @@ def reexport_classifier_head(
     ``previous`` (the bundle's parity check then verifies the file against
     the model either way). Returns None, writing nothing, when ``previous``
     is not ``logits = Slice(Gemm(features, W, b))`` with a head of the
-    model's shape: the caller exports in full.
+    model's shape: the caller exports in full. As for
+    :func:`export_classifier`, ``model`` may be a ready
+    :class:`DeployedClassifier`, whose arguments are then used.
     """
     start = time.perf_counter()
-    wrapper = DeployedClassifier(model, normalizer, n_classes, input_shape)  # validates as a full export would
-    head = getattr(model, "get_classifier", lambda: None)()
+    wrapper = model if isinstance(model, DeployedClassifier) else DeployedClassifier(
+        model, normalizer, n_classes, input_shape
+    )
+    head = getattr(wrapper.model, "get_classifier", lambda: None)()
     if not isinstance(head, nn.Linear) or head.bias is None:
         return None
     graph_model = onnx.load(str(previous))
@@ -401,30 +418,11 @@ def reexport_classifier_head(
     kept = [v for v in g.value_info if v.name not in CLASSIFIER_OUTPUTS]
     del g.value_info[:]
     g.value_info.extend(kept)
-    final = Path(path)
-    model_box: list[onnx.ModelProto] = []
-    stamped: dict[str, Any] = {}
-
-    def write(tmp: Path) -> None:
-        onnx.save(graph_model, str(tmp))
-        stamped.update(stamp(tmp, _classifier_metadata(wrapper, metadata)))
-
-    def check(tmp: Path) -> None:
-        model_box.append(check_onnx_file(tmp, [CLASSIFIER_INPUT]))
-
-    atomic_write(final, write, check)
-    written = model_box[0]
-    opsets = opsets_of(written)
+    info = _write_checked(Path(path), lambda tmp: onnx.save(graph_model, str(tmp)),
+                          _classifier_metadata(wrapper, metadata), [CLASSIFIER_INPUT], time.perf_counter() - start, start)
     c, h, w = wrapper.input_shape
-    seconds = time.perf_counter() - start
-    return {
-        "path": str(final), "opset": opsets.get("ai.onnx"), "opsets": opsets, "ir_version": stamped["ir_version"],
-        "min_onnxruntime": stamped["min_onnxruntime"], "inputs": [value_info(v) for v in written.graph.input],
-        "outputs": [value_info(v) for v in written.graph.output], "bytes": final.stat().st_size,
-        "export_seconds": seconds, "total_seconds": seconds, "torch_version": torch.__version__,
-        "onnx_version": onnx.__version__, "kind": "classifier", "n_classes": wrapper.n_classes,
-        "input_shape_nhwc": [h, w, c], "reexport": "head",
-    }
+    info.update(kind="classifier", n_classes=wrapper.n_classes, input_shape_nhwc=[h, w, c], reexport="head")
+    return info
 
 
 # --------------------------------------------------------------------------- generator
