@@ -18,6 +18,8 @@ from .errors import ConfigError
 
 #: every mode torch.compile accepts for ``LearnerConfig.compile_mode`` (None: its default)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: the class-balance term of dreaming: the paper's 1 - H/log K, or KL from uniform in bits (dreaming.class_balance_loss)
+BALANCE_UNITS = ("fraction", "bits")
 
 METHODS = ("abd", "deepinversion", "lwf", "lwf_mc", "finetune")
 Schedule = Literal["step", "cosine"]
@@ -93,6 +95,9 @@ class DreamConfig:
     content_weight: float = 1.0
     content_temperature: float = 1000.0
     balance_weight: float = 1.0
+    # "fraction": the paper's class-balance term, 1 - H(p) / log K (at most 1); "bits": KL(p || uniform) / log 2,
+    # the same at K = 2 and growing to log2 K with the classes seen (dreaming.class_balance_loss says why).
+    balance_units: Literal["fraction", "bits"] = "fraction"
     bn_weight: float = 50.0
     smooth_weight: float = 1e-3
     blur_sigma: float = 1.0
@@ -112,6 +117,8 @@ class DreamConfig:
             raise ConfigError(f"dream.batch_size must be >= 2 (an int) or 'auto', got {self.batch_size!r}")
         if self.blur_size % 2 != 1:
             raise ConfigError(f"dream.blur_size must be odd, got {self.blur_size}")
+        if self.balance_units not in BALANCE_UNITS:
+            raise ConfigError(f"dream.balance_units must be one of {BALANCE_UNITS}, got {self.balance_units!r}")
 
 
 @dataclass
@@ -287,6 +294,9 @@ class LearnerConfig:
           of 8 old classes got 3.9% of the dreams (uniform 12.5%). At weight 5
           every class got >= 8.4% and accuracy after task 4 rose from 70.3% to
           76.7% at the same budget (benchmarks/results/dream-diversity-digits.json).
+          Measuring the paper's term in bits at weight 1 (``dream.balance_units``)
+          was tried as the alternative and lost on digits over 3 seeds
+          (docs/RECIPES.md, "The class-balance term").
         Weight aligning of the head (``head_balance="weight_align"``) is
         available but off: ABD's class-balanced head loss already rebalances
         the head, and aligning on top of it gave no gain beyond run-to-run

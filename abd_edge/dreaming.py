@@ -38,8 +38,18 @@ def content_loss(logits: torch.Tensor, temperature: float = 1000.0) -> torch.Ten
     return F.cross_entropy(logits / temperature, logits.argmax(dim=1))
 
 
-def class_balance_loss(logits: torch.Tensor, collective: Collective | None = None) -> torch.Tensor:
-    """1 - H(mean softmax) / log K: zero when the batch covers the K classes evenly.
+def class_balance_loss(
+    logits: torch.Tensor, collective: Collective | None = None, units: str = "fraction"
+) -> torch.Tensor:
+    """How far the batch's mean softmax p is from uniform over the K classes: zero when it is even.
+
+    ``units="fraction"`` is the paper's 1 + sum_k p_k log p_k / log K, at most 1
+    whatever K. ``units="bits"`` is the same divergence, KL(p || uniform),
+    divided by log 2 instead: equal to the paper's at K = 2, up to log2 K
+    beyond. Normalising by log K makes a class dropped out of the dreams cost
+    less the more classes there are (one of 8 missing: 0.05), while the
+    BN-statistics term does not shrink with K; in bits the price of leaving
+    classes out keeps its size as classes accumulate.
 
     With a ``collective`` (data-parallel dreaming) the mean runs over every rank's shard of the batch.
     """
@@ -52,7 +62,8 @@ def class_balance_loss(logits: torch.Tensor, collective: Collective | None = Non
         p = sums[:k] / sums[k]
     else:
         p = F.softmax(logits.float(), dim=1).mean(dim=0)
-    return 1.0 + (p * torch.log(p.clamp_min(1e-12))).sum() / math.log(k)
+    divergence = math.log(k) + (p * torch.log(p.clamp_min(1e-12))).sum()  # KL(p || uniform) in nats
+    return divergence / (math.log(2.0) if units == "bits" else math.log(k))
 
 
 def bn_kl(
@@ -160,7 +171,7 @@ def inversion_losses(
 ) -> DreamLosses:
     """The four weighted dreaming terms for one synthetic batch (this rank's shard of it, with a ``collective``)."""
     content = content_loss(logits.float(), cfg.content_temperature)
-    balance = class_balance_loss(logits, collective)
+    balance = class_balance_loss(logits, collective, cfg.balance_units)
     smooth = smoothness_loss(x.float(), kernel)
     total = (
         cfg.content_weight * content

@@ -135,3 +135,42 @@ def test_lr_schedules():
     assert lr_at(9, 50, 10, cos) == pytest.approx(0.1)
     assert lr_at(10, 50, 10, cos) == pytest.approx(0.1)  # cosine starts at the peak
     assert lr_at(30, 50, 10, cos) == pytest.approx(0.05)  # half-way through the decay
+
+
+def test_class_balance_loss_in_bits():
+    # K = 2: the paper's normalisation (log 2) and bits are the same number
+    mixed = torch.tensor([[50.0, 0.0], [0.0, 0.0]])
+    assert class_balance_loss(mixed, units="bits").item() == pytest.approx(0.188722, abs=1e-5)
+    # K = 8, one class never dreamed, the other 7 even: KL = ln 8 - ln 7 = 0.133531 nats
+    seven = torch.full((7, 8), -50.0)
+    seven[torch.arange(7), torch.arange(7)] = 50.0
+    assert class_balance_loss(seven).item() == pytest.approx(math.log(8 / 7) / math.log(8), abs=1e-5)  # 0.064215
+    assert class_balance_loss(seven, units="bits").item() == pytest.approx(math.log2(8 / 7), abs=1e-5)  # 0.192645
+    # all on one class of 8: the paper's term is 1, in bits log2 8 = 3
+    one = torch.tensor([[50.0] + [0.0] * 7] * 3)
+    assert class_balance_loss(one).item() == pytest.approx(1.0, abs=1e-6)
+    assert class_balance_loss(one, units="bits").item() == pytest.approx(3.0, abs=1e-5)
+
+
+def test_balance_units_is_validated():
+    from abd_edge.config import DreamConfig
+    from abd_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="balance_units.*'nats'"):
+        DreamConfig(balance_units="nats").validate()  # type: ignore[arg-type]
+
+
+def test_inversion_losses_weigh_the_configured_balance_units():
+    from abd_edge.config import DreamConfig
+    from abd_edge.dreaming import inversion_losses
+
+    logits = torch.tensor([[50.0] + [0.0] * 7] * 3)  # every dream on one class of 8
+    x = torch.zeros(3, 3, 8, 8)  # flat images: smoothness 0
+    bn = torch.zeros(())
+    kernel = gaussian_kernel(5, 1.0)
+    content = content_loss(logits, 1000.0).item()
+    for units, balance in (("fraction", 1.0), ("bits", 3.0)):
+        cfg = DreamConfig(balance_weight=2.0, balance_units=units)
+        out = inversion_losses(x, logits, bn, cfg, kernel)
+        assert out.balance.item() == pytest.approx(balance, abs=1e-5)
+        assert out.total.item() == pytest.approx(content + 2.0 * balance, abs=1e-4)
