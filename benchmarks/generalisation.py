@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from abd_edge import Learner, LearnerConfig
+from abd_edge.apps.cli import parse_sets
 from abd_edge.data import LabeledImages, class_order, load_cifar10_jpeg, load_digits, load_image_folder
 from abd_edge.environment import environment
 
@@ -137,9 +138,11 @@ def build(name: str, order_seed: int, args: argparse.Namespace) -> Protocol:
                     lambda seen: te.select_labels(seen), tr.image_shape)
 
 
-def run(p: Protocol, method: str, epochs: int, dream_iterations: int) -> dict:
-    """One method over one protocol's tasks with the default recipe at the suite's budget."""
+def run(p: Protocol, method: str, epochs: int, dream_iterations: int, overrides: dict[str, str] | None = None) -> dict:
+    """One method over one protocol's tasks with the default recipe at the suite's budget (and ``--set`` overrides)."""
     cfg = LearnerConfig.short_budget(epochs=epochs, dream_iterations=dream_iterations)
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
     cfg = dataclasses.replace(cfg, method=method, seed=p.order_seed)
     learner = Learner(cfg)
     rows = []
@@ -215,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", type=Path, nargs="*", default=[],
                    help="result files of parts of the suite run apart (same settings) to start from")
     p.add_argument("--report-only", action="store_true", help="run nothing: merge, write --out and print the table")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="sets",
+                   help="change one setting of the recipe, as abd-edge bench --set (not the suite's default: for comparisons)")
     args = p.parse_args(argv)
+    args.overrides = parse_sets(args.sets)
     torch.set_num_threads(args.threads)
     results: dict = {}
     for path in [*args.merge, *([args.out] if args.out.exists() else [])]:  # resume: keep runs of the same settings
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             for method in args.methods:
                 if method in results.get(key, {}):
                     continue
-                results.setdefault(key, {})[method] = run(proto, method, args.epochs, args.dream_iters)
+                results.setdefault(key, {})[method] = run(proto, method, args.epochs, args.dream_iters, args.overrides)
                 _write(args, results, time.perf_counter() - suite_start)
     doc = _write(args, results, time.perf_counter() - suite_start)
     print(format_table(results))
@@ -246,7 +252,7 @@ def _settings(args: argparse.Namespace) -> dict:
     return {"recipe": f"LearnerConfig.short_budget(epochs={args.epochs}, dream_iterations={args.dream_iters})",
             "tasks": args.tasks, "classes_per_task": args.classes_per_task,
             "train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
-            "threads": args.threads}
+            "threads": args.threads, **({"overrides": args.overrides} if args.overrides else {})}
 
 
 def _write(args: argparse.Namespace, results: dict, seconds: float) -> dict:

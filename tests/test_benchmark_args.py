@@ -32,3 +32,27 @@ def test_sweep_settings_inline_json_longer_than_a_file_name(privacy_sweep, tmp_p
     assert privacy_sweep.read_settings(str(path)) == many
     with pytest.raises(SystemExit, match="name -> PrivacyConfig fields"):
         privacy_sweep.read_settings('{"a": 1}')
+
+
+@pytest.fixture()
+def generalisation():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import generalisation
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return generalisation
+
+
+def test_generalisation_set_changes_the_recipe_and_is_recorded(generalisation, tmp_path):
+    """--set reaches the learner's config, is written into the settings, and keeps runs of other settings apart."""
+    out = tmp_path / "g.json"
+    args = ["--protocols", "digits-32rgb", "--methods", "finetune", "--orders", "0", "--train-per-class", "8",
+            "--test-per-class", "4", "--epochs", "1", "--dream-iters", "1", "--out", str(out)]
+    assert generalisation.main([*args, "--set", "dream.balance_units=bits", "--set", "later_tasks.lr=0.05"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["overrides"] == {"dream.balance_units": "bits", "later_tasks.lr": "0.05"}
+    cfg = doc["results"]["digits-32rgb/order0"]["finetune"]["settled_config"]
+    assert cfg["dream"]["balance_units"] == "bits" and cfg["later_tasks"]["lr"] == 0.05
+    with pytest.raises(SystemExit, match="other settings"):  # resuming that file without the overrides is refused
+        generalisation.main(args)

@@ -63,7 +63,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _parse_sets(items: list[str] | None) -> dict[str, str]:
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``--set KEY=VALUE`` items as the dict ``LearnerConfig.with_overrides`` takes (values checked there)."""
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -98,7 +99,7 @@ def _bench(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_root=args.data_root, tasks=args.tasks, method=args.method, seed=args.seed,
         recipe=args.recipe, epochs=args.epochs, dream_iters=args.dream_iterations, batch_size=args.batch_size,
         device=args.device, generator=args.generator, replay_pool=args.replay_pool, threads=args.threads,
-        save_learner=args.save_learner, overrides=_parse_sets(args.set), max_tasks=args.max_tasks,
+        save_learner=args.save_learner, overrides=parse_sets(args.set), max_tasks=args.max_tasks,
     )
     out = Path(args.out or f"runs/bench-{args.dataset}-{args.tasks}x-{args.method}-seed{args.seed}.json")
     doc = run_benchmark(spec, out, show_progress=not args.quiet)
