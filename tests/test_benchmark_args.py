@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -11,14 +12,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def privacy_sweep():
+def _benchmark(name: str):
+    """A program of benchmarks/ imported as a module (they are scripts, not a package)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        import privacy_sweep
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    return privacy_sweep
+
+
+@pytest.fixture()
+def privacy_sweep():
+    return _benchmark("privacy_sweep")
 
 
 def test_sweep_settings_inline_json_longer_than_a_file_name(privacy_sweep, tmp_path):
@@ -36,12 +41,7 @@ def test_sweep_settings_inline_json_longer_than_a_file_name(privacy_sweep, tmp_p
 
 @pytest.fixture()
 def generalisation():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import generalisation
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return generalisation
+    return _benchmark("generalisation")
 
 
 def test_generalisation_set_changes_the_recipe_and_is_recorded(generalisation, tmp_path):
