@@ -23,7 +23,7 @@ from torch.profiler import record_function
 
 from .collective import Collective, batch_mean_var, synced_batchnorm
 from .compiled import mark_step, maybe_compiled
-from .config import DreamConfig
+from .config import BALANCE_UNITS, DreamConfig
 from .microbatch import row_chunks
 from .models.generator import Generator
 from .models.resnet import eval_features
@@ -47,12 +47,14 @@ def class_balance_loss(
     whatever K. ``units="bits"`` is the same divergence, KL(p || uniform),
     divided by log 2 instead: equal to the paper's at K = 2, up to log2 K
     beyond. Normalising by log K makes a class dropped out of the dreams cost
-    less the more classes there are (one of 8 missing: 0.05), while the
+    less the more classes there are (one of 8 missing: 0.06), while the
     BN-statistics term does not shrink with K; in bits the price of leaving
     classes out keeps its size as classes accumulate.
 
     With a ``collective`` (data-parallel dreaming) the mean runs over every rank's shard of the batch.
     """
+    if units not in BALANCE_UNITS:
+        raise ValueError(f"units must be one of {BALANCE_UNITS}, got {units!r}")
     k = logits.shape[1]
     if k < 2:
         return logits.new_zeros(())

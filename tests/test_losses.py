@@ -150,6 +150,8 @@ def test_class_balance_loss_in_bits():
     one = torch.tensor([[50.0] + [0.0] * 7] * 3)
     assert class_balance_loss(one).item() == pytest.approx(1.0, abs=1e-6)
     assert class_balance_loss(one, units="bits").item() == pytest.approx(3.0, abs=1e-5)
+    with pytest.raises(ValueError, match="'nats'"):
+        class_balance_loss(one, units="nats")
 
 
 def test_balance_units_is_validated():
