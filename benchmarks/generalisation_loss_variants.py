@@ -15,7 +15,8 @@ that run only:
 
 Budget and data as ``benchmarks/generalisation_diagnosis.py``:
 ``LearnerConfig.short_budget(epochs=5, dream_iterations=40)`` (``E`` and
-``D`` in the environment change them), 2 tasks of 2 classes, 256 training
+``D`` in the environment change them; ``SEED`` sets the learner's seed,
+which is otherwise the order's), 2 tasks of 2 classes, 256 training
 and 200 test images per class, 1 thread. Data: ABD_CIFAR10, else
 /work/shared/data/cifar10_jpeg.npz. Prints the final, new and old classes'
 accuracy and the training accuracy of the last task.
@@ -63,7 +64,7 @@ for v in variants:
     kind, _, weight = v.partition("=")
     abd_method.ABD.incremental_loss = with_extra(kind, float(weight or 0))
     cfg = LearnerConfig.short_budget(epochs=int(os.environ.get("E", 5)), dream_iterations=int(os.environ.get("D", 40)))
-    cfg = dataclasses.replace(cfg, seed=order)
+    cfg = dataclasses.replace(cfg, seed=int(os.environ.get("SEED", order)))
     t0 = time.time()
     learner = Learner(cfg)
     for t in range(len(p.tasks)):
@@ -72,6 +73,6 @@ for v in variants:
     acc = learner.evaluate(p.test(seen))
     new = learner.evaluate(p.test(p.tasks[-1]))
     old = learner.evaluate(p.test(seen[:-len(p.tasks[-1])]))
-    print(f"{proto} o{order} {v:14s} final {acc:.3f} new {new:.3f} old {old:.3f} "
+    print(f"{proto} o{order} seed {cfg.seed} {v:14s} final {acc:.3f} new {new:.3f} old {old:.3f} "
           f"train_acc {rep.train_accuracy:.3f} {time.time() - t0:.0f}s", flush=True)
 abd_method.ABD.incremental_loss = abd_loss
