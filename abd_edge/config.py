@@ -12,14 +12,15 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import ConfigError
 
 #: every mode torch.compile accepts for ``LearnerConfig.compile_mode`` (None: its default)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: the class-balance term of dreaming: the paper's 1 - H/log K, or KL from uniform in bits (dreaming.class_balance_loss)
-BALANCE_UNITS = ("fraction", "bits")
+BalanceUnits = Literal["fraction", "bits"]
+BALANCE_UNITS: tuple[str, ...] = get_args(BalanceUnits)
 
 METHODS = ("abd", "deepinversion", "lwf", "lwf_mc", "finetune")
 Schedule = Literal["step", "cosine"]
@@ -97,7 +98,7 @@ class DreamConfig:
     balance_weight: float = 1.0
     # "fraction": the paper's class-balance term, 1 - H(p) / log K (at most 1); "bits": KL(p || uniform) / log 2,
     # the same at K = 2 and growing to log2 K with the classes seen (dreaming.class_balance_loss says why).
-    balance_units: Literal["fraction", "bits"] = "fraction"
+    balance_units: BalanceUnits = "fraction"
     bn_weight: float = 50.0
     smooth_weight: float = 1e-3
     blur_sigma: float = 1.0

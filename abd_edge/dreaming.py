@@ -23,7 +23,7 @@ from torch.profiler import record_function
 
 from .collective import Collective, batch_mean_var, synced_batchnorm
 from .compiled import mark_step, maybe_compiled
-from .config import BALANCE_UNITS, DreamConfig
+from .config import BALANCE_UNITS, BalanceUnits, DreamConfig
 from .microbatch import row_chunks
 from .models.generator import Generator
 from .models.resnet import eval_features
@@ -39,7 +39,7 @@ def content_loss(logits: torch.Tensor, temperature: float = 1000.0) -> torch.Ten
 
 
 def class_balance_loss(
-    logits: torch.Tensor, collective: Collective | None = None, units: str = "fraction"
+    logits: torch.Tensor, collective: Collective | None = None, units: BalanceUnits = "fraction"
 ) -> torch.Tensor:
     """How far the batch's mean softmax p is from uniform over the K classes: zero when it is even.
 

@@ -151,7 +151,7 @@ def test_class_balance_loss_in_bits():
     assert class_balance_loss(one).item() == pytest.approx(1.0, abs=1e-6)
     assert class_balance_loss(one, units="bits").item() == pytest.approx(3.0, abs=1e-5)
     with pytest.raises(ValueError, match="'nats'"):
-        class_balance_loss(one, units="nats")
+        class_balance_loss(one, units="nats")  # type: ignore[arg-type]
 
 
 def test_balance_units_is_validated():
