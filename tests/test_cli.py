@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from abd_edge import __version__
-from abd_edge.apps.bench import BenchSpec, learner_config
+from abd_edge.apps.bench import BenchSpec, dreams_after, learner_config, run_method
 from abd_edge.apps.cli import build_parser
 from abd_edge.errors import ConfigError
 from conftest import REPO, make_task
@@ -65,6 +65,16 @@ def test_bench_set_and_max_tasks(tmp_path):
         res = cli("bench", "--dataset", "digits", "--tasks", "5", "--method", "finetune", *bad, "--out", str(tmp_path / "x.json"))
         assert res.returncode == 2 and "ConfigError" in res.stderr and word in res.stderr, res.stderr
         assert not (tmp_path / "x.json").exists()
+
+
+def test_partial_bench_does_not_dream_after_its_last_task():
+    # Regression: --max-tasks 2 of 5 dreamed after task 2 (5.5 min per cifar10 run) for a task that never came.
+    assert [dreams_after(t, 2, 5, saving=False) for t in range(2)] == [True, False]
+    assert [dreams_after(t, 2, 5, saving=True) for t in range(2)] == [True, True]  # a saved learner may go on
+    assert [dreams_after(t, 5, 5, saving=True) for t in range(5)] == [True] * 4 + [False]
+    spec = BenchSpec(dataset="digits", tasks=5, method="abd", epochs=1, dream_iters=2, max_tasks=2)
+    reports = run_method(spec, "abd", show_progress=False)["reports"]
+    assert [r["dream_iterations"] for r in reports] == [2, 0]
 
 
 def test_simulate_tiny(tmp_path):

@@ -153,6 +153,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return max_rss_bytes() / 2**20
 
 
+def dreams_after(t: int, n_run: int, n_split: int, saving: bool) -> bool:
+    """Whether task ``t`` (0-based) of a run of ``n_run`` of the split's ``n_split`` tasks ends with dreaming.
+
+    Dreams serve the next task only: none after the split's last task, and
+    none after the last task of a partial run (``--max-tasks``) unless the
+    learner is saved, since a saved learner may go on to the next task.
+    """
+    return t < n_split - 1 and (t < n_run - 1 or saving)
+
+
 def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict[str, Any]:
     """Run one method (or the joint upper bound) over the task stream; return its results."""
     from abd_edge.learner import Learner
@@ -178,7 +188,8 @@ def run_method(spec: BenchSpec, method: str, show_progress: bool = True) -> dict
     start = time.perf_counter()
     for t, classes in enumerate(stream):
         data = train.select_labels(classes)
-        rep = learner.learn_new_classes(data, dream=t < len(tasks) - 1, show_progress=show_progress)
+        rep = learner.learn_new_classes(data, dream=dreams_after(t, len(stream), len(tasks), spec.save_learner is not None),
+                                        show_progress=show_progress)
         reports.append(rep.to_dict())
         seen_tasks = tasks if method == UPPER_BOUND else tasks[: t + 1]
         seen_test = test.select_labels([c for task in seen_tasks for c in task])

@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="results JSON (default: runs/bench-DATASET-Nx-METHOD-seedS.json); the PNG goes beside it")
     b.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a learner setting, e.g. later_tasks.lr=0.05 or head_balance=none (repeatable)")
-    b.add_argument("--max-tasks", type=positive_int, help="stop after this many tasks (a quick partial run)")
+    b.add_argument("--max-tasks", type=positive_int, help="stop after this many tasks (a quick partial run: no dreaming after the last one unless --save-learner)")
     b.add_argument("--no-plot", action="store_true", help="write no PNG")
     b.add_argument("--profile", action="store_true", help="instead: task-1 images/s against a plain DataLoader+PIL loop, replay, dreaming and a time breakdown (--max-tasks 1: quick; no --data-root: random images)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
