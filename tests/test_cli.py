@@ -230,6 +230,18 @@ def test_bench_profile_maps_onto_the_profiler_and_refuses_other_datasets(tmp_pat
     assert res.returncode == 2 and "ConfigError" in res.stderr and "--dataset digits" in res.stderr
 
 
+def test_profile_table_keeps_its_columns_for_long_variant_names():
+    # Regression: "engine fp32_contiguous" overran the 18-character label column and shifted its numbers.
+    from abd_edge.apps.profiling import format_tables
+
+    row = {"images_per_second": 259.4, "vs_plain": 1.05, "per_round": [258.0, 261.0]}
+    doc = {"setup": {"threads": 2, "rounds": 2}, "replay_and_dreaming": {},
+           "task1": {"plain": {**row, "vs_plain": 1.0}, "fp32_contiguous": row, "bf16_compile": row}}
+    header, *rows = format_tables(doc).splitlines()[1:]
+    end = header.index("vs plain") + len("vs plain")  # the column's numbers are right-aligned under its title
+    assert [r[end - 4 : end] for r in rows] == ["1.00", "1.05", "1.05"]
+
+
 def test_profile_measures_both_loops_and_breaks_a_step_down(tmp_path):
     from abd_edge.apps.profiling import DREAM_LABELS, LABELS, main
 

@@ -366,10 +366,10 @@ def main(argv: list[str] | None = None) -> int:
 def format_tables(doc: dict[str, Any]) -> str:
     lines = [f"task-1 training, ResNet-32, batch {BATCH}, {doc['setup']['threads']} thread(s) "
              f"(median of {doc['setup']['rounds']} alternating rounds)",
-             f"{'loop':<18}{'images/s':>10}{'vs plain':>10}   per round"]
+             f"{'loop':<24}{'images/s':>10}{'vs plain':>10}   per round"]
     for name, r in doc["task1"].items():
         label = "plain DataLoader+PIL" if name == "plain" else f"engine {name}"
-        lines.append(f"{label:<18}{r['images_per_second']:>10.1f}{r['vs_plain']:>10.2f}   "
+        lines.append(f"{label:<24}{r['images_per_second']:>10.1f}{r['vs_plain']:>10.2f}   "
                      + " ".join(f"{v:.0f}" for v in r["per_round"]))
     for name, r in doc["replay_and_dreaming"].items():
         lines.append("")
