@@ -139,11 +139,15 @@ def build(name: str, order_seed: int, args: argparse.Namespace) -> Protocol:
 
 
 def run(p: Protocol, method: str, epochs: int, dream_iterations: int, overrides: dict[str, str] | None = None) -> dict:
-    """One method over one protocol's tasks with the default recipe at the suite's budget (and ``--set`` overrides)."""
-    cfg = LearnerConfig.short_budget(epochs=epochs, dream_iterations=dream_iterations)
+    """One method over one protocol's tasks with the default recipe at the suite's budget.
+
+    ``overrides`` (``--set``) are applied last, so an explicit ``seed`` wins
+    over the order's seed, as in ``abd-edge bench --set``.
+    """
+    cfg = dataclasses.replace(LearnerConfig.short_budget(epochs=epochs, dream_iterations=dream_iterations),
+                              method=method, seed=p.order_seed)
     if overrides:
         cfg = cfg.with_overrides(overrides)
-    cfg = dataclasses.replace(cfg, method=method, seed=p.order_seed)
     learner = Learner(cfg)
     rows = []
     start = time.perf_counter()

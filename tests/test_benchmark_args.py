@@ -49,10 +49,12 @@ def test_generalisation_set_changes_the_recipe_and_is_recorded(generalisation, t
     out = tmp_path / "g.json"
     args = ["--protocols", "digits-32rgb", "--methods", "finetune", "--orders", "0", "--train-per-class", "8",
             "--test-per-class", "4", "--epochs", "1", "--dream-iters", "1", "--out", str(out)]
-    assert generalisation.main([*args, "--set", "dream.balance_units=bits", "--set", "later_tasks.lr=0.05"]) == 0
+    sets = ["--set", "dream.balance_units=bits", "--set", "later_tasks.lr=0.05", "--set", "seed=7"]
+    assert generalisation.main([*args, *sets]) == 0
     doc = json.loads(out.read_text())
-    assert doc["settings"]["overrides"] == {"dream.balance_units": "bits", "later_tasks.lr": "0.05"}
+    assert doc["settings"]["overrides"] == {"dream.balance_units": "bits", "later_tasks.lr": "0.05", "seed": "7"}
     cfg = doc["results"]["digits-32rgb/order0"]["finetune"]["settled_config"]
     assert cfg["dream"]["balance_units"] == "bits" and cfg["later_tasks"]["lr"] == 0.05
+    assert cfg["seed"] == 7  # recorded and used: the order's seed (0) does not silently replace it
     with pytest.raises(SystemExit, match="other settings"):  # resuming that file without the overrides is refused
         generalisation.main(args)
