@@ -16,16 +16,14 @@ that run only:
 Budget and data as ``benchmarks/generalisation_diagnosis.py``:
 ``LearnerConfig.short_budget(epochs=5, dream_iterations=40)`` (``E`` and
 ``D`` in the environment change them; ``SEED`` sets the learner's seed,
-which is otherwise the order's), 2 tasks of 2 classes, 256 training
+which is otherwise the order's), run by ``generalisation.run``, 2 tasks of 2 classes, 256 training
 and 200 test images per class, 1 thread. Data: ABD_CIFAR10, else
 /work/shared/data/cifar10_jpeg.npz. Prints the final, new and old classes'
 accuracy and the training accuracy of the last task.
 """
 import argparse
-import dataclasses
 import os
 import sys
-import time
 
 import torch
 
@@ -33,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import generalisation as G  # noqa: E402
 
 import abd_edge.methods.abd as abd_method  # noqa: E402
-from abd_edge import Learner, LearnerConfig  # noqa: E402
 
 torch.set_num_threads(1)
 proto, order = sys.argv[1], int(sys.argv[2])
@@ -60,19 +57,14 @@ def with_extra(kind: str, weight: float):
     return loss
 
 
-for v in variants:
-    kind, _, weight = v.partition("=")
-    abd_method.ABD.incremental_loss = with_extra(kind, float(weight or 0))
-    cfg = LearnerConfig.short_budget(epochs=int(os.environ.get("E", 5)), dream_iterations=int(os.environ.get("D", 40)))
-    cfg = dataclasses.replace(cfg, seed=int(os.environ.get("SEED", order)))
-    t0 = time.time()
-    learner = Learner(cfg)
-    for t in range(len(p.tasks)):
-        rep = learner.learn_new_classes(p.train(t), dream=t < len(p.tasks) - 1, show_progress=False)
-    seen = [c for task in p.tasks for c in task]
-    acc = learner.evaluate(p.test(seen))
-    new = learner.evaluate(p.test(p.tasks[-1]))
-    old = learner.evaluate(p.test(seen[:-len(p.tasks[-1])]))
-    print(f"{proto} o{order} seed {cfg.seed} {v:14s} final {acc:.3f} new {new:.3f} old {old:.3f} "
-          f"train_acc {rep.train_accuracy:.3f} {time.time() - t0:.0f}s", flush=True)
-abd_method.ABD.incremental_loss = abd_loss
+try:
+    for v in variants:
+        kind, _, weight = v.partition("=")
+        abd_method.ABD.incremental_loss = with_extra(kind, float(weight or 0))
+        seed = int(os.environ.get("SEED", order))
+        r = G.run(p, "abd", int(os.environ.get("E", 5)), int(os.environ.get("D", 40)), {"seed": str(seed)})
+        last = r["tasks"][-1]
+        print(f"{proto} o{order} seed {seed} {v:14s} final {r['final_accuracy']:.3f} new {last['new_classes_accuracy']:.3f} "
+              f"old {last['old_classes_accuracy']:.3f} train_acc {last['train_accuracy']:.3f} {r['seconds']:.0f}s", flush=True)
+finally:
+    abd_method.ABD.incremental_loss = abd_loss
