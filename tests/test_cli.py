@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from abd_edge import __version__
 from abd_edge.apps.bench import BenchSpec, dreams_after, learner_config, run_method
@@ -256,3 +257,31 @@ def test_profile_measures_both_loops_and_breaks_a_step_down(tmp_path):
     assert rd["replay_images_per_second"] > 0 and rd["dream_seconds_per_iteration"] > 0
     assert {"abd.forward", "abd.backward"} <= {f"abd.{k}" for k in rd["replay_step"]["ms_per_step"]} <= set(LABELS) | {"abd.other"}
     assert {f"abd.{k}" for k in rd["dream_iteration"]["ms_per_iteration"]} <= set(DREAM_LABELS) | {"abd.other"}
+    ceiling = doc["ceiling"]
+    assert ceiling["training_mflop_per_image"] == pytest.approx(412.3, rel=1e-3)  # ResNet-32 at 32x32, 10 classes
+    assert set(ceiling["loops"]) == {"plain", "fp32"} and ceiling["best_vs_plain"] > 0
+    assert ceiling["gemm_gflop_per_second"]["fp32"] > 0 and ceiling["gemm_gflop_per_second"]["bf16"] > 0
+
+
+def test_training_flops_per_image_counts_forward_and_weight_gradients():
+    from abd_edge.apps.profiling import training_flops_per_image
+
+    # Linear(12 -> 5) on a flattened 3x2x2 image: forward 2*12*5 multiply-adds; backward only the weight
+    # gradient (the input needs none), another 2*12*5. Bias adds are not matrix products and are not counted.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    assert training_flops_per_image(model, (3, 2, 2), n=3) == 2 * (2 * 12 * 5)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_compute_ceiling_relates_loops_to_gemm(monkeypatch):
+    from abd_edge.apps import profiling
+
+    monkeypatch.setattr(profiling, "training_flops_per_image", lambda model: 400e6)
+    monkeypatch.setattr(profiling, "dense_gemm_flops_per_second",
+                        lambda dtype, device, seconds=1.0: 100e9 if dtype == torch.float32 else 300e9)
+    task1 = {"plain": {"images_per_second": 100.0}, "bf16": {"images_per_second": 500.0}}
+    c = profiling.compute_ceiling(task1, torch.device("cpu"))
+    assert c["loops"]["plain"] == {"gflop_per_second": pytest.approx(40.0), "of_gemm": pytest.approx(0.4), "gemm_precision": "fp32"}
+    assert c["loops"]["bf16"]["of_gemm"] == pytest.approx(200e9 / 300e9)
+    assert c["best_vs_plain"] == pytest.approx(300e9 / 400e6 / 100.0)
+    assert c["training_mflop_per_image"] == pytest.approx(400.0)

@@ -17,7 +17,11 @@ cifar10-5x2 (seed 0's class order):
 * a breakdown of a replay step and of a dreaming iteration from
   ``torch.profiler`` over the ``abd.*`` ranges the engine marks (augment,
   forward, teacher forward, loss, backward, optimizer, replay sampling,
-  BN hooks).
+  BN hooks);
+* the ceiling: FLOPs of one training image and the machine's dense GEMM
+  throughput in fp32 and bf16 at the same thread count, so each loop's
+  share of the machine, and the largest ratio to the plain loop that the
+  same work per image allows, are printed with the ratios.
 
 The CPU may be shared, so the loops are measured in alternation over
 ``--rounds`` rounds of ``--seconds`` each and the median is reported; the
@@ -182,6 +186,72 @@ def replay_task2(learner: Learner, data: LabeledImages, seconds: float) -> dict[
     return {"images_per_second": rep.train_images_per_second, "seconds": rep.train_seconds}
 
 
+# ------------------------------------------------------------- ceiling
+def training_flops_per_image(model: torch.nn.Module, image_shape: tuple[int, int, int] = (3, 32, 32), n: int = 4) -> float:
+    """Floating-point operations of one training image: forward and backward, as torch's FLOP counter counts them.
+
+    Only matrix products and convolutions count (what torch.utils.flop_counter
+    registers); BatchNorm, ReLU and the optimizer are memory-bound extras.
+    The model's gradients are cleared again afterwards.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.train()
+    x = torch.randn(n, *image_shape, device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return counter.get_total_flops() / n
+
+
+def dense_gemm_flops_per_second(dtype: torch.dtype, device: torch.device, size: int = 2048,
+                                seconds: float = 1.0) -> float:
+    """Sustained FLOP/s of a square matrix product at the current thread count: the machine's practical ceiling.
+
+    A training step of a small-channel ResNet cannot run faster than dense
+    GEMM on the same cores; dividing by this says how much of the machine a
+    loop already uses, and so how far any ratio between loops can still move.
+    """
+    g = torch.Generator(device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=g).to(dtype)
+    b = torch.randn(size, size, device=device, generator=g).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b  # first call: library set-up, not the steady state
+    sync()
+    done, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        done += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            break
+    return 2 * size**3 * done / elapsed
+
+
+def compute_ceiling(task1: dict[str, dict[str, Any]], device: torch.device, seconds: float = 1.0) -> dict[str, Any]:
+    """Each loop's achieved FLOP/s against this machine's dense GEMM in its precision, and the best ratio the plain loop allows.
+
+    ``best_vs_plain``: images/s the engine would reach at 100% of the faster
+    GEMM (bf16 where the CPU runs it natively), over the plain loop's
+    images/s; a target ratio above it needs less work per image, not a
+    faster step.
+    """
+    flops = training_flops_per_image(build_backbone("resnet32", 10, 3).to(device))
+    gemm = {"fp32": dense_gemm_flops_per_second(torch.float32, device, seconds=seconds),
+            "bf16": dense_gemm_flops_per_second(torch.bfloat16, device, seconds=seconds)}
+    loops: dict[str, Any] = {}
+    for name, row in task1.items():
+        precision = "fp32" if name == "plain" else VARIANTS[name]["precision"]
+        achieved = row["images_per_second"] * flops
+        loops[name] = {"gflop_per_second": achieved / 1e9, "of_gemm": achieved / gemm[precision], "gemm_precision": precision}
+    plain_ips = task1["plain"]["images_per_second"]
+    return {"training_mflop_per_image": flops / 1e6, "gemm_gflop_per_second": {k: v / 1e9 for k, v in gemm.items()},
+            "loops": loops, "best_vs_plain": max(gemm.values()) / flops / plain_ips}
+
+
 # ------------------------------------------------------------ profiler
 def profile_ranges(fn: Callable[[], Any], labels: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """Total CPU ms and count of each ``abd.*`` range while ``fn`` runs."""
@@ -321,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     plain = _median(runs["plain"])
     task1_table = {name: {"images_per_second": _median(rs), "vs_plain": _median(rs) / plain,
                           "per_round": [x["images_per_second"] for x in rs]} for name, rs in runs.items()}
+    ceiling = compute_ceiling(task1_table, device)
 
     # 2. replay training, dreaming, and the breakdowns, per precision
     replay: dict[str, Any] = {}
@@ -353,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                   "plain_loader_workers": args.workers, "seconds_per_measurement": args.seconds,
                   "rounds": args.rounds, "images_per_task": len(task1), "compile_warmup_seconds": warmup},
         "task1": task1_table,
+        "ceiling": ceiling,
         "replay_and_dreaming": replay,
     }
     out = args.out or Path("benchmarks/results") / f"profile-{slug(cpu_name())}-{env['cpu_count']}c.json"
@@ -371,6 +443,17 @@ def format_tables(doc: dict[str, Any]) -> str:
         label = "plain DataLoader+PIL" if name == "plain" else f"engine {name}"
         lines.append(f"{label:<24}{r['images_per_second']:>10.1f}{r['vs_plain']:>10.2f}   "
                      + " ".join(f"{v:.0f}" for v in r["per_round"]))
+    c = doc.get("ceiling")
+    if c:
+        g = c["gemm_gflop_per_second"]
+        lines.append("")
+        lines.append(f"ceiling: {c['training_mflop_per_image']:.0f} MFLOP per training image; dense GEMM here "
+                     f"{g['fp32']:.0f} GFLOP/s fp32, {g['bf16']:.0f} bf16")
+        lines.append(f"{'loop':<24}{'GFLOP/s':>10}{'of GEMM':>10}")
+        for name, r in c["loops"].items():
+            label = "plain DataLoader+PIL" if name == "plain" else f"engine {name}"
+            lines.append(f"{label:<24}{r['gflop_per_second']:>10.0f}{100 * r['of_gemm']:>9.0f}%  ({r['gemm_precision']})")
+        lines.append(f"at 100% of the faster GEMM the engine would be {c['best_vs_plain']:.2f}x the plain loop")
     for name, r in doc["replay_and_dreaming"].items():
         lines.append("")
         lines.append(f"{name}: replay training {r['replay_images_per_second']:.1f} real img/s "
