@@ -2,6 +2,7 @@
 
     # once: the server's task-1 bundle of cifar10-5x2 (seed 0, the simulation's server recipe)
     python benchmarks/device_update.py --make-bundle runs/server --data cifar10_jpeg.npz --threads 1
+    # (--generator abd_compact: the same server task with the compact generator in the bundle)
     # then any number of device updates against copies of it
     python benchmarks/device_update.py --bundle runs/server/bundle --data cifar10_jpeg.npz --threads 1 \\
         --variant images=10000,epochs=1,dream=40 --variant images=10000,epochs=1,dream=40,mem=1024 \\
@@ -65,8 +66,12 @@ def task_split(seed: int = 0, tasks: int = 5) -> list[list[int]]:
     return split_tasks([int(c) for c in class_order(10, seed)], tasks)
 
 
-def make_bundle(out: Path, data: str, threads: int) -> None:
-    """Task 1 of cifar10-5x2 on the server (the simulation's recipe: 5 epochs, 500 dreaming iterations), exported."""
+def make_bundle(out: Path, data: str, threads: int, generator: str | None = None) -> None:
+    """Task 1 of cifar10-5x2 on the server (the simulation's recipe: 5 epochs, 500 dreaming iterations), exported.
+
+    ``generator`` (e.g. "abd_compact") replaces the paper's generator: the one
+    the bundle ships is the one every device update trains.
+    """
     import torch
 
     from abd_edge.apps.bench import BenchSpec, learner_config, load_benchmark_data
@@ -77,7 +82,7 @@ def make_bundle(out: Path, data: str, threads: int) -> None:
     torch.set_num_threads(threads)
     train, _ = load_benchmark_data("cifar10", data)
     first = task_split()[0]
-    cfg = learner_config(BenchSpec(dataset="cifar10", data_root=data, tasks=5, seed=0), "abd")
+    cfg = learner_config(BenchSpec(dataset="cifar10", data_root=data, tasks=5, seed=0, generator=generator), "abd")
     learner = Learner(cfg)
     start = time.perf_counter()
     learner.learn_new_classes(_uint8(train).select_labels(first), show_progress=False)
@@ -199,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--statistics-bundle", type=Path, metavar="DIR",
                     help="with --from-learner: record task 1's class statistics and export DIR/bundle")
     ap.add_argument("--from-learner", type=Path, help="a saved task-1 learner (--make-bundle's DIR/learner)")
+    ap.add_argument("--generator", help="with --make-bundle: the generator to ship (default the paper's 'abd'; 'abd_compact')")
     ap.add_argument("--variant", action="append", default=[], help="e.g. images=10000,epochs=1,dream=40,mem=1024 or eps=inf,dream=0")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(json.loads(args.child)), default=float))
         return
     if args.make_bundle:
-        make_bundle(args.make_bundle, args.data, args.threads)
+        make_bundle(args.make_bundle, args.data, args.threads, args.generator)
         return
     if args.statistics_bundle:
         if not args.from_learner or not args.data:
