@@ -138,8 +138,11 @@ def plain_loop(data: LabeledImages, seconds: float, workers: int, device: torch.
 # --------------------------------------------------------------- engine
 def engine_config(variant: dict[str, Any], threads: int, dream_iterations: int = 0, device: str = "cpu") -> LearnerConfig:
     # Epochs enough to fill any measurement: the time budget ends it (on a GPU one epoch is well under a second).
+    # new_class_accuracy_floor 0: a probe stopped after seconds is not meant to learn its classes, so the
+    # learner's "did not learn its new classes" warning would only be noise in the profile's output.
     cfg = LearnerConfig.short_budget(epochs=1000, dream_iterations=dream_iterations, device=device, seed=0,
                                      max_classes=10, num_threads=threads, train_eval_max_images=256,
+                                     new_class_accuracy_floor=0.0,
                                      precision=variant["precision"], channels_last=variant["channels_last"],
                                      compile=variant.get("compile", False), compile_mode=variant.get("compile_mode"),
                                      cuda_deterministic=variant.get("cuda_deterministic", True))
