@@ -53,6 +53,15 @@ def _join(rank: int, world: int, port: int) -> None:
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def _leave(world: int) -> None:
+    """Tear the group down the way abd_edge.apps.parallel does: a barrier first, so no rank closes its gloo
+    pairs while another still uses them (without it rank 1 once aborted in CI: "terminate called without
+    an active exception", SIGABRT, while rank 0 was still saving)."""
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _train_worker(rank: int, world: int, port: int, out: str) -> None:
     """One engine step (SGD at lr 1, no momentum: the step is the gradient) on a batch of 32, sharded over ``world``."""
     _join(rank, world, port)
@@ -83,8 +92,7 @@ def _train_worker(rank: int, world: int, port: int, out: str) -> None:
         assert coll.max_abs_difference(model) == 0.0  # the ranks took the same step, bit for bit
     if rank == 0:
         torch.save(model.state_dict(), out)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    _leave(world)
 
 
 def _assert_same_state(one: dict, two: dict) -> None:
@@ -130,8 +138,7 @@ def _dream_worker(rank: int, world: int, port: int, out: str) -> None:
     train_generator(gen, clf, 3, cfg, opt, torch.Generator(), show_progress=False, collective=coll)
     if rank == 0:
         torch.save(gen.state_dict(), out)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    _leave(world)
 
 
 def test_a_dreaming_step_over_two_half_batches_equals_one_over_the_batch(tmp_path):
