@@ -57,11 +57,11 @@ def with_extra(kind: str, weight: float):
     return loss
 
 
+seed = int(os.environ.get("SEED", order))
 try:
     for v in variants:
         kind, _, weight = v.partition("=")
         abd_method.ABD.incremental_loss = with_extra(kind, float(weight or 0))
-        seed = int(os.environ.get("SEED", order))
         r = G.run(p, "abd", int(os.environ.get("E", 5)), int(os.environ.get("D", 40)), {"seed": str(seed)})
         last = r["tasks"][-1]
         print(f"{proto} o{order} seed {seed} {v:14s} final {r['final_accuracy']:.3f} new {last['new_classes_accuracy']:.3f} "

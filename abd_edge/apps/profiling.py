@@ -438,12 +438,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _loop_label(name: str) -> str:
+    return "plain DataLoader+PIL" if name == "plain" else f"engine {name}"
+
+
 def format_tables(doc: dict[str, Any]) -> str:
     lines = [f"task-1 training, ResNet-32, batch {BATCH}, {doc['setup']['threads']} thread(s) "
              f"(median of {doc['setup']['rounds']} alternating rounds)",
              f"{'loop':<24}{'images/s':>10}{'vs plain':>10}   per round"]
     for name, r in doc["task1"].items():
-        label = "plain DataLoader+PIL" if name == "plain" else f"engine {name}"
+        label = _loop_label(name)
         lines.append(f"{label:<24}{r['images_per_second']:>10.1f}{r['vs_plain']:>10.2f}   "
                      + " ".join(f"{v:.0f}" for v in r["per_round"]))
     c = doc.get("ceiling")
@@ -454,7 +458,7 @@ def format_tables(doc: dict[str, Any]) -> str:
                      f"{g['fp32']:.0f} GFLOP/s fp32, {g['bf16']:.0f} bf16")
         lines.append(f"{'loop':<24}{'GFLOP/s':>10}{'of GEMM':>10}")
         for name, r in c["loops"].items():
-            label = "plain DataLoader+PIL" if name == "plain" else f"engine {name}"
+            label = _loop_label(name)
             lines.append(f"{label:<24}{r['gflop_per_second']:>10.0f}{100 * r['of_gemm']:>9.0f}%  ({r['gemm_precision']})")
         lines.append(f"at 100% of the faster GEMM the engine would be {c['best_vs_plain']:.2f}x the plain loop")
     for name, r in doc["replay_and_dreaming"].items():
