@@ -123,9 +123,22 @@ class ClassStatistics:
 
 @torch.no_grad()
 def compute_class_statistics(model: nn.Module, images: torch.Tensor, rows: torch.Tensor,
-                             prepare: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = EVAL_BATCH) -> ClassStatistics:
+                             prepare: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = EVAL_BATCH,
+                             memory_format: torch.memory_format = torch.contiguous_format) -> ClassStatistics:
     """Statistics of ``images`` (head rows ``rows``) through ``model`` in eval mode, un-augmented; ``prepare``: uint8 -> model input."""
-    feats = eval_features(model, images, batch_size=batch_size, prepare=prepare).double()
+    feats = eval_features(model, images, batch_size=batch_size, prepare=prepare, memory_format=memory_format)
+    return class_statistics_of_features(model, feats, rows)
+
+
+@torch.no_grad()
+def class_statistics_of_features(model: nn.Module, features: torch.Tensor, rows: torch.Tensor) -> ClassStatistics:
+    """Statistics of penultimate ``features`` already computed in ``model`` (eval mode, un-augmented), head rows ``rows``.
+
+    Why apart from :func:`compute_class_statistics`: the learner's pass after
+    training computes the features once and takes both these statistics and
+    the training accuracy from them, instead of two passes over the images.
+    """
+    feats = features.double()
     present, inverse = torch.unique(rows, return_inverse=True)
     counts = torch.bincount(inverse, minlength=present.numel())
     sums = torch.zeros(present.numel(), feats.shape[1], dtype=feats.dtype, device=feats.device).index_add_(0, inverse, feats)

@@ -186,6 +186,8 @@ class LearnerConfig:
     std: tuple[float, ...] | None = None
     head_balance: Literal["none", "weight_align"] = "none"
     replay_pool_batches: int = 0
+    # The report's training accuracy: with class_statistics on it is over every image of the task (taken from the
+    # statistics' own feature pass); without them, over a random sample of this many (None: all).
     train_eval_max_images: int | None = 2048
     time_budget_s: float | None = None
     seed: int = 0

@@ -13,7 +13,7 @@ import torch
 
 from .auto_config import content_channels, resolved_settings, settle_for_call, settle_for_data
 from .checkpoint import read_learner, save_learner
-from .class_statistics import ClassStatistics, compute_class_statistics
+from .class_statistics import ClassStatistics, class_statistics_of_features, compute_class_statistics
 from .collective import Collective, synced_batchnorm
 from .compute import autocasts, compile_backend, config_threads, make_cuda_repeatable, resolve_device
 from .config import LearnerConfig
@@ -28,7 +28,7 @@ from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
 from .learner_state import LearnerState, build_models
 from .methods import TaskContext, build_method
 from .models.generator import Generator
-from .models.resnet import EVAL_BATCH, CifarResNet
+from .models.resnet import EVAL_BATCH, CifarResNet, eval_features
 from .registry import ClassRegistry, resolve_names
 from .resources import release_memory
 from .reports import LearnReport, NewClassesNotLearnedWarning, Prediction, warn_about
@@ -282,12 +282,13 @@ class Learner:
                 # Accuracy and feature spread on the local images are statistics of them: a private update reports neither.
                 train_acc = None
                 probe_x = probe_y = None
+                statistics = self._kept_statistics(model)
             else:
-                train_acc = self._accuracy_on(model, normalizer, images, label_idx, n_seen, rng, batch_size=tcfg.micro_batch or EVAL_BATCH)
+                statistics, train_acc = self._statistics_and_accuracy(model, normalizer, images, label_idx, n_seen, rng,
+                                                                      tcfg.micro_batch or EVAL_BATCH)
                 # A few of this call's images (in locals only, dropped at return) to compare the dreams' spread with.
                 probe = torch.arange(0, images.shape[0], max(1, images.shape[0] // 512), device=images.device)[:512]
                 probe_x, probe_y = normalizer(to_unit_float(images[probe])), label_idx[probe]
-            statistics = self._class_statistics_after(model, images, label_idx, normalizer, private, tcfg.micro_batch or EVAL_BATCH)
             del images
             release_memory()  # what training freed goes back to the system before dreaming allocates its own
             dream_report = DreamReport(0, 0.0, {}, {})
@@ -341,21 +342,35 @@ class Learner:
         self.history.append(report)
         return report
 
-    def _class_statistics_after(self, model: CifarResNet, images: torch.Tensor, rows: torch.Tensor, normalizer: Normalizer,
-                                private: bool, batch_size: int) -> ClassStatistics | None:
-        """The class statistics to keep after this update (class_statistics.py): never of private data.
-
-        A non-private update adds its images' statistics (to the kept ones if
-        the backbone did not change, else in their place); a private one
-        adds nothing; either way, statistics of another backbone are dropped.
-        """
+    def _kept_statistics(self, model: CifarResNet) -> ClassStatistics | None:
+        """The class statistics to keep after a private update (class_statistics.py): the kept ones while their backbone
+        holds, never any of the private data."""
         kept = self._state.class_statistics
         if not self.config.class_statistics:
             return None
-        if private:
-            return kept if kept is not None and kept.holds_for(model) else None
-        fresh = compute_class_statistics(model, images, rows, lambda x: normalizer(to_unit_float(x)), batch_size=batch_size)
-        return kept.merged(fresh) if kept is not None and kept.backbone == fresh.backbone else fresh  # one fingerprint, not two
+        return kept if kept is not None and kept.holds_for(model) else None
+
+    def _statistics_and_accuracy(self, model: CifarResNet, normalizer: Normalizer, images: torch.Tensor, rows: torch.Tensor,
+                                 n_seen: int, rng: torch.Generator, batch_size: int) -> tuple[ClassStatistics | None, float]:
+        """After a non-private task: the class statistics to keep and the accuracy on the task's own training images.
+
+        The statistics need every image's features in the final backbone; the
+        head on those same features gives the accuracy over every image
+        (fp32, like the exported model), so one pass does both. That saves
+        the second pass over ``train_eval_max_images`` images, about 2 s of
+        a 10,000-image device update on 2 cores. Without statistics the
+        accuracy is measured on that sample as before. The new statistics
+        join the kept ones if the backbone did not change, else replace them.
+        """
+        if not self.config.class_statistics:
+            return None, self._accuracy_on(model, normalizer, images, rows, n_seen, rng, batch_size=batch_size)
+        feats = eval_features(model, images, batch_size=batch_size, memory_format=self._memory_format,
+                              prepare=lambda x: normalizer(to_unit_float(x)))
+        with torch.no_grad():
+            accuracy = float((model.forward_head(feats)[:, :n_seen].argmax(1) == rows).float().mean())
+        fresh = class_statistics_of_features(model, feats, rows)
+        kept = self._state.class_statistics
+        return (kept.merged(fresh) if kept is not None and kept.backbone == fresh.backbone else fresh), accuracy  # one fingerprint
 
     def _ledger_entry(self, task_index: int, n_old: int, n_seen: int, labels: list[Any], n_images: int,
                       setup: Any, first: bool) -> dict[str, Any]:

@@ -136,3 +136,21 @@ def test_record_class_statistics_for_a_learner_without_them(tmp_path):
     assert learner._state.class_statistics is stats
     loaded = Learner.load(learner.save(tmp_path / "l"))
     assert loaded._state.class_statistics is not None and loaded._state.class_statistics.rows == (0, 1)
+
+
+def test_training_accuracy_comes_from_the_statistics_pass_over_every_image(monkeypatch):
+    """One feature pass after training gives both the statistics and the report's accuracy: over all images, not a sample."""
+    x, y = make_task([0, 1], seed=1)
+    learner = Learner(tiny_config("finetune", train_eval_max_images=4))
+    with monkeypatch.context() as m:
+        m.setattr(Learner, "_accuracy_on", lambda *a, **k: pytest.fail("a second pass over the training images"))
+        report = learner.learn_new_classes((x, y), show_progress=False)
+    assert report.train_accuracy == pytest.approx(learner.evaluate((x, y)), abs=1e-9)  # every image, as predict sees them
+    idx = torch.tensor([0 if int(v) == 0 else 1 for v in y])
+    again = compute_class_statistics(learner.model, x, idx, lambda b: learner._state.normalizer(b.float() / 255))
+    stats = learner._state.class_statistics
+    assert stats is not None and torch.allclose(again.scatter, stats.scatter, rtol=1e-5, atol=1e-6)
+    # without statistics the accuracy is measured on a sample of train_eval_max_images (4 here: a multiple of 1/4)
+    off = Learner(tiny_config("finetune", train_eval_max_images=4, class_statistics=False))
+    rep = off.learn_new_classes((x, y), show_progress=False)
+    assert rep.train_accuracy is not None and (4 * rep.train_accuracy) == pytest.approx(round(4 * rep.train_accuracy))
