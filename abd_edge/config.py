@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from .errors import ConfigError
+from .memory_budget import check_max_memory_mb
 
 #: every mode torch.compile accepts for ``LearnerConfig.compile_mode`` (None: its default)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -107,11 +108,20 @@ class DreamConfig:
     # Images per generator forward/backward pass, gradients accumulated over the batch (see TrainConfig).
     # The batch-level terms (BN statistics, class balance) are then measured per micro-batch.
     micro_batch: int | None = None
+    # A cap on the process's resident memory while dreaming, in MiB (None: none). Dreaming then re-plans its
+    # micro-batch from what the process holds when dreaming starts (memory_budget.dream_micro_batch_at_start),
+    # never above micro_batch: what training left behind is known only then. A device update sets it from
+    # DeviceBudget.max_memory_mb.
+    max_memory_mb: float | None = None
 
     def validate(self) -> None:
         if self.iterations < 0:
             raise ConfigError(f"dream.iterations must be >= 0, got {self.iterations}")
         _check_micro_batch(self.micro_batch, "dream.micro_batch")
+        try:
+            check_max_memory_mb(self.max_memory_mb)
+        except ConfigError as exc:
+            raise ConfigError(f"dream.{exc}") from None
         if not _is_auto(self.batch_size) and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 2
         ):

@@ -16,7 +16,7 @@ from .checkpoint import read_learner, save_learner
 from .class_statistics import ClassStatistics, class_statistics_of_features, compute_class_statistics
 from .collective import Collective, synced_batchnorm
 from .compute import autocasts, compile_backend, config_threads, make_cuda_repeatable, resolve_device
-from .config import LearnerConfig
+from .config import DreamConfig, LearnerConfig
 from .privacy.config import PrivacyConfig
 from .data.adapters import as_labeled_images
 from .data.arrays import images_to_tensor, with_batch_axis
@@ -25,12 +25,13 @@ from .data.images import LabeledImages
 from .dreaming import DreamReport, ReplaySampler, measure_diversity, train_generator
 from .engine import Normalizer, TrainResult, predict_logits, train_task, weight_align
 from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
-from .learner_state import LearnerState, build_models
+from .learner_state import LearnerState, build_models, generator_optimizer
 from .methods import TaskContext, build_method
 from .models.generator import Generator
 from .models.resnet import EVAL_BATCH, CifarResNet, eval_features
 from .registry import ClassRegistry, resolve_names
-from .resources import release_memory
+from .memory_budget import dream_micro_batch_at_start
+from .resources import current_rss_bytes, release_memory
 from .reports import LearnReport, NewClassesNotLearnedWarning, Prediction, warn_about
 
 __all__ = ["Learner", "LearnReport", "NewClassesNotLearnedWarning", "Prediction"]
@@ -206,7 +207,7 @@ class Learner:
             capacity = max(cfg.max_classes, n_seen)
             model, gen = build_models(cfg, replay=self.method.uses_replay, channels=c, size=h, capacity=capacity,
                                       device=self.device, memory_format=self._memory_format)
-            gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr) if gen is not None else None
+            gen_opt = generator_optimizer(gen, cfg.dream.lr) if gen is not None else None
             normalizer = self._normalizer_for(data)
             old_model = None
         else:
@@ -218,7 +219,7 @@ class Learner:
             gen = copy.deepcopy(st.generator) if st.generator is not None else None
             gen_opt = st.generator_opt  # kept as it is when this call does not dream (the generator does not change)
             if gen is not None and dream and self.method.uses_replay and cfg.dream.iterations > 0:
-                gen_opt = torch.optim.Adam(gen.parameters(), lr=cfg.dream.lr)
+                gen_opt = generator_optimizer(gen, cfg.dream.lr)
                 if cfg.dream.keep_optimizer and st.generator_opt is not None:
                     # load_state_dict keeps the tensors it is given: copy them, or this
                     # call's Adam steps would mutate the committed state in place.
@@ -293,9 +294,11 @@ class Learner:
             release_memory()  # what training freed goes back to the system before dreaming allocates its own
             dream_report = DreamReport(0, 0.0, {}, {})
             diversity = None
+            dream_cfg = cfg.dream
             if dream and self.method.uses_replay and gen is not None and gen_opt is not None and cfg.dream.iterations > 0:
+                dream_cfg = self._dream_config_within_cap(cfg.dream, gen, h * w)
                 dream_report = train_generator(
-                    gen, model, n_seen, cfg.dream, gen_opt, self._seeded_generator(task_index, salt=1),
+                    gen, model, n_seen, dream_cfg, gen_opt, self._seeded_generator(task_index, salt=1),
                     memory_format=self._memory_format, autocast=self._autocast,
                     show_progress=show_progress, deadline=deadline, collective=collective,
                     compile_backend=compile_backend(cfg, self.device, None), compile_mode=cfg.compile_mode,
@@ -303,7 +306,7 @@ class Learner:
                 diversity = measure_diversity(
                     gen, model, n_seen, self._seeded_generator(task_index, salt=3),
                     real_images=probe_x, real_labels=probe_y, memory_format=self._memory_format,
-                    batch_size=cfg.dream.micro_batch or 256,
+                    batch_size=dream_cfg.micro_batch or 256,
                 )
         finally:
             if old_frozen is not None:
@@ -325,6 +328,7 @@ class Learner:
             dream_seconds=dream_report.seconds,
             dream_iterations=dream_report.iterations,
             dream_losses=dream_report.last,
+            dream_micro_batch=dream_cfg.micro_batch if dream_report.iterations else None,
             stopped_early=stopped,
             head_align_factor=align,
             data_settings=resolved_settings(cfg, per_call),
@@ -341,6 +345,22 @@ class Learner:
         self.config = settled
         self.history.append(report)
         return report
+
+    def _dream_config_within_cap(self, dream: DreamConfig, gen: Generator, pixels: int) -> DreamConfig:
+        """``dream`` with its micro-batch re-planned from what the process holds now, under ``dream.max_memory_mb``."""
+        held = current_rss_bytes()
+        if dream.max_memory_mb is None or held is None:
+            return dream
+        assert isinstance(dream.batch_size, int)  # settled at the first task
+        generator_mb = sum(p.numel() for p in gen.parameters()) * 4 / 2**20
+        micro, fits = dream_micro_batch_at_start(dream.max_memory_mb, held / 2**20, dream_batch=dream.batch_size,
+                                                 pixels=pixels, generator_mb=generator_mb, planned=dream.micro_batch)
+        log.info("dreaming under max_memory_mb=%g with %.0f MiB held: micro-batches of %s (planned before training: %s)",
+                 dream.max_memory_mb, held / 2**20, micro or dream.batch_size, dream.micro_batch or dream.batch_size)
+        if not fits:
+            log.warning("dreaming cannot fit max_memory_mb=%g on top of the %.0f MiB held when it starts; it goes on "
+                        "with micro-batches of %d, and the cap may be exceeded", dream.max_memory_mb, held / 2**20, micro)
+        return dataclasses.replace(dream, micro_batch=micro)
 
     def _kept_statistics(self, model: CifarResNet) -> ClassStatistics | None:
         """The class statistics to keep after a private update (class_statistics.py): the kept ones while their backbone

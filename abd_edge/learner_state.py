@@ -46,3 +46,19 @@ def build_models(
         # channels_last makes the generator's 128-channel convolutions about 20% faster on CPU
         gen = gen.to(device, memory_format=memory_format)
     return model, gen
+
+
+def generator_optimizer(generator: Generator, lr: float) -> torch.optim.Adam:
+    """The generator's Adam, fused where torch has a fused kernel for its device (CPU and CUDA, torch >= 2.4).
+
+    Why fused: one kernel updates each parameter in place, without the
+    foreach implementation's temporaries the size of all parameters. For
+    the paper's 8.4 M-weight generator that is about 60 MiB less peak
+    memory while dreaming (227 against 164 MiB above the start over five
+    steps on 2 CPU cores) and a faster step, which a device update under a
+    memory cap needs. Elsewhere (a device without the kernel) the default.
+    """
+    try:
+        return torch.optim.Adam(generator.parameters(), lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.Adam(generator.parameters(), lr=lr)

@@ -30,9 +30,18 @@ TRAIN_MB_PER_ROW = 3.2
 DREAM_FIXED_MB = 335.0
 DREAM_MB_PER_IMAGE = 2.3
 REFERENCE_PIXELS = 32 * 32
+# Dreaming above what the process holds when dreaming starts, for the re-plan made there (torch 2.13 CPU-only
+# build, 2 threads, fused Adam, bf16 autocast, the paper's 8.4 M-weight generator at 32x32, glibc malloc; peak
+# RSS sampled every 3 ms over 8 iterations): 327 MiB at micro-batches of 16, 413 at 64, 674-701 at the whole
+# 128. The line through 16 and 128: a part that grows with the generator (its gradient, Adam's two moments,
+# the bf16 copies of weight and gradient: about 4x its fp32 size), one that does not (allocator and oneDNN
+# buffers), and 3.35 MiB per image of one pass (above the slope between 16 and 64, 1.8).
+DREAM_START_FIXED_MB = 145.0
+DREAM_START_MB_PER_GENERATOR_MB = 4.0
+DREAM_START_MB_PER_IMAGE = 3.35
 MIN_MICRO_BATCH = 8  # below this a BatchNorm's batch statistics are mostly noise
 
-__all__ = ["MemoryPlan", "check_max_memory_mb", "plan_memory", "pool_mb"]
+__all__ = ["MemoryPlan", "check_max_memory_mb", "dream_micro_batch_at_start", "plan_memory", "pool_mb"]
 
 
 def pool_mb(pool_images: int, channels: int, pixels: int, feature_dim: int = 64) -> float:
@@ -99,3 +108,28 @@ def plan_memory(
             "free memory before the update (or lower replay_pool_batches: its pool counts too)"
         )
     return MemoryPlan(max_memory_mb, held_mb, train, dream)
+
+
+def dream_micro_batch_at_start(max_memory_mb: float, held_mb: float, *, dream_batch: int, pixels: int,
+                               generator_mb: float, planned: int | None) -> tuple[int | None, bool]:
+    """Dreaming's micro-batch re-planned when dreaming starts, on top of ``held_mb`` (what the process holds then).
+
+    Why again: the plan made before training (:func:`plan_memory`) counts
+    dreaming from what the process held at the start, but training leaves
+    the heap larger by an amount that depends on the torch build and the
+    allocator (on the CPU-only build a 1,000 MiB cap planned that way peaked
+    at 1,100 while dreaming). ``generator_mb``: the generator's float32
+    weights in MiB. Returns ``(micro_batch, fits)``: the largest micro-batch
+    that fits, never above ``planned`` (None: the whole batch); when not even
+    ``MIN_MICRO_BATCH`` fits, that minimum and ``fits=False``: training is
+    done by then, so dreaming goes on at the least memory it can and the
+    update's report says whether the cap held.
+    """
+    check_max_memory_mb(max_memory_mb)
+    fixed = DREAM_START_FIXED_MB + DREAM_START_MB_PER_GENERATOR_MB * generator_mb
+    fits = _fit(max_memory_mb - held_mb, fixed, DREAM_START_MB_PER_IMAGE * pixels / REFERENCE_PIXELS, dream_batch)
+    ok = fits != 0
+    micro = fits if ok else MIN_MICRO_BATCH
+    if planned is not None:
+        micro = planned if micro is None else min(micro, planned)
+    return micro, ok

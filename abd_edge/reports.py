@@ -39,6 +39,9 @@ class LearnReport:
     # call's own training images correctly: the update did not learn its new classes (a warning is raised too).
     learned_new_classes: bool | None = None
     dream_diversity: dict[str, Any] | None = None  # dreaming.DreamDiversity.to_dict() after this call's dreaming
+    # Images per generator pass of this call's dreaming (None: the whole batch, or no dreaming); under
+    # dream.max_memory_mb it is the micro-batch re-planned when dreaming started.
+    dream_micro_batch: int | None = None
 
     @property
     def dream_seconds_per_iteration(self) -> float:

@@ -21,7 +21,8 @@ average (``os.getloadavg``) before and after.
 Variant keys: ``images`` (a class-balanced subset of the 10,000 local
 images), ``epochs``, ``dream`` (dreaming iterations), ``mem``
 (``max_memory_mb``), ``batch`` (training batch), ``pool`` (``replay_pool_batches``),
-``seed`` (which subset), ``eps`` (``PrivacyConfig(target_epsilon=eps)``
+``seed`` (0: the first task's images in their order, or a subset in that
+order; another seed: another subset, or all of them, in shuffled order), ``eps`` (``PrivacyConfig(target_epsilon=eps)``
 at its defaults; ``eps=inf``: the class-mean head from the exact means,
 nothing trained, docs/PRIVACY.md).
 
@@ -132,9 +133,12 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     with np.load(spec["cache"]) as f:
         x, y = f["x"], f["y"]
     v = spec["variant"]
-    if v["images"] < len(y):
+    if v["images"] < len(y) or v["seed"]:
+        # seed 0: the data set's order (a subset keeps it); another seed: another subset, in shuffled order, so
+        # the update's batches differ with everything else equal (a spread over seeds on one machine)
         pick = np.random.default_rng(v["seed"]).permutation(len(y))[: v["images"]]
-        x, y = x[np.sort(pick)], y[np.sort(pick)]
+        pick = pick if v["seed"] else np.sort(pick)
+        x, y = x[pick], y[pick]
     x = np.ascontiguousarray(x)
     labels = [int(c) for c in y]
     device = runtime.open(spec["bundle"])

@@ -64,7 +64,8 @@ def budget_overrides(config: LearnerConfig, budget: UpdateBudget, plan: MemoryPl
                                 batch_size=budget.batch_size or config.later_tasks.batch_size,
                                 micro_batch=plan.train_micro_batch if plan else config.later_tasks.micro_batch)
     dream = dataclasses.replace(config.dream, iterations=budget.dream_iterations,
-                                micro_batch=plan.dream_micro_batch if plan else config.dream.micro_batch)
+                                micro_batch=plan.dream_micro_batch if plan else config.dream.micro_batch,
+                                max_memory_mb=budget.max_memory_mb)  # dreaming re-plans from what it finds held
     pool = config.replay_pool_batches if budget.replay_pool_batches is None else budget.replay_pool_batches
     if n_images is not None and isinstance(later.batch_size, int):  # never more batches than the update will replay
         pool = min(pool, later.epochs * math.ceil(n_images / later.batch_size))
@@ -156,7 +157,8 @@ def update_bundle(
         if method:
             learner.reconfigure(method=method)
         plan = memory_plan(learner, budget, len(data), learner.method.uses_replay)  # MemoryBudgetError: nothing changed
-        micro_before = learner.config.later_tasks.micro_batch, learner.config.dream.micro_batch
+        micro_before = (learner.config.later_tasks.micro_batch, learner.config.dream.micro_batch,
+                        learner.config.dream.max_memory_mb)
         learner.reconfigure(**budget_overrides(learner.config, budget, plan, n_images=len(data)))
         threads_before = torch.get_num_threads()
         if budget.threads is not None:
@@ -184,7 +186,9 @@ def update_bundle(
         # and keeps everything else this update trained with (the budget's epochs, iterations, replay pool).
         cfg = learner.config
         learner.reconfigure(later_tasks=dataclasses.replace(cfg.later_tasks, micro_batch=micro_before[0]),
-                            dream=dataclasses.replace(cfg.dream, micro_batch=micro_before[1]))
+                            dream=dataclasses.replace(cfg.dream, micro_batch=micro_before[1], max_memory_mb=micro_before[2]))
+        if plan.max_memory_mb is not None and rep.dream_iterations:
+            plan = dataclasses.replace(plan, dream_micro_batch=rep.dream_micro_batch)  # what dreaming ran with
         fault_point("update_trained")
         t_export = time.perf_counter()
         summary = {

@@ -17,7 +17,8 @@ from abd_edge.errors import ConfigError, MemoryBudgetError
 from abd_edge.export.local_update import budget_overrides, update_bundle
 from abd_edge.export.quality import QualityGate
 from abd_edge.memory_budget import (
-    DREAM_FIXED_MB, DREAM_MB_PER_IMAGE, TRAIN_FIXED_MB, TRAIN_MB_PER_ROW, MemoryPlan, plan_memory,
+    DREAM_FIXED_MB, DREAM_MB_PER_IMAGE, DREAM_START_FIXED_MB, DREAM_START_MB_PER_GENERATOR_MB, DREAM_START_MB_PER_IMAGE,
+    MIN_MICRO_BATCH, TRAIN_FIXED_MB, TRAIN_MB_PER_ROW, MemoryPlan, dream_micro_batch_at_start, plan_memory,
 )
 from abd_edge.methods import TaskContext, build_method
 from abd_edge.microbatch import proportional_chunks, row_chunks
@@ -57,6 +58,21 @@ def test_plan_takes_the_largest_micro_batches_that_fit():
     # 16x16 images cost a quarter per image: larger micro-batches fit in the same memory
     small = plan_memory(cap, held, train_rows=256, dream_batch=128, pixels=16 * 16)
     assert small.dream_micro_batch is None and plan.dream_micro_batch < 128
+
+
+def test_dreaming_replans_by_hand():
+    """At dreaming's start: cap 1000, 558 held, the paper's generator (32 MiB of weights) at 32x32, batch 128."""
+    fixed = DREAM_START_FIXED_MB + DREAM_START_MB_PER_GENERATOR_MB * 32
+    want = math.floor((1000 - 558 - fixed) / DREAM_START_MB_PER_IMAGE)  # (442 - 273) / 3.35 = 50
+    assert want == 50
+    kw = dict(dream_batch=128, pixels=32 * 32, generator_mb=32)
+    assert dream_micro_batch_at_start(1000, 558, planned=None, **kw) == (50, True)
+    assert dream_micro_batch_at_start(1000, 558, planned=40, **kw) == (40, True)  # never above the plan
+    assert dream_micro_batch_at_start(5000, 558, planned=None, **kw) == (None, True)  # the whole batch fits
+    assert dream_micro_batch_at_start(5000, 558, planned=64, **kw) == (64, True)
+    assert dream_micro_batch_at_start(1000, 900, planned=None, **kw) == (MIN_MICRO_BATCH, False)  # goes on at the least
+    # a quarter of the pixels: a quarter of the per-image cost
+    assert dream_micro_batch_at_start(1000, 558, planned=None, dream_batch=256, pixels=16 * 16, generator_mb=32) == (201, True)
 
 
 def test_plan_refuses_a_budget_below_what_is_held():
@@ -156,6 +172,43 @@ def test_update_applies_the_budget_and_exports_no_micro_batches(bundle, tmp_path
     # micro-batch reset re-applied the budget without the image count and saved the uncapped 1000)
     steps = math.ceil(len(data[0]) / saved.config.later_tasks.batch_size)
     assert saved.config.replay_pool_batches == steps < 1000
+
+
+def test_dreaming_replans_from_what_the_process_holds_when_it_starts(bundle, tmp_path, monkeypatch, caplog):
+    """Training can leave the heap larger than the plan before it assumed: dreaming re-plans, smaller, and says so."""
+    import abd_edge.export.local_update as lu
+    import abd_edge.learner as learner_module
+    from abd_edge import Learner
+
+    shutil.copytree(bundle, tmp_path / "b")
+    store = BundleStore(tmp_path / "b")
+    scale = 8 * 8 / 1024
+    cap = 10_000
+    monkeypatch.setattr(lu, "current_rss_bytes", lambda: int((cap - DREAM_FIXED_MB - 14.5 * DREAM_MB_PER_IMAGE * scale) * 2**20))
+    gen_mb = sum(p.numel() for p in Learner.load(store.version_dir(store.read()[0]) / "learner").generator.parameters()) * 4 / 2**20
+    fixed = DREAM_START_FIXED_MB + DREAM_START_MB_PER_GENERATOR_MB * gen_mb
+    held_at_dreaming = cap - fixed - 11.5 * DREAM_START_MB_PER_IMAGE * scale  # room for 11 images a pass, not 14
+    monkeypatch.setattr(learner_module, "current_rss_bytes", lambda: int(held_at_dreaming * 2**20))
+    with caplog.at_level("INFO", logger="abd_edge.learner"):
+        upd = update_bundle(store, make_task([2, 3], seed=1), gate=QualityGate(enabled=False),
+                            budget=DeviceBudget(epochs=1, dream_iterations=2, max_memory_mb=cap))
+    assert upd.learn.dream_micro_batch == 11 and upd.memory.dream_micro_batch == 11  # the report gives what dreaming ran with
+    assert "micro-batches of 11 (planned before training: 14)" in caplog.text
+    saved = Learner.load(store.version_dir(upd.version) / "learner")
+    assert saved.config.dream.max_memory_mb is None and saved.config.dream.micro_batch is None
+    # nothing fits at all: the least micro-batch, and a warning (training is done by then)
+    monkeypatch.setattr(learner_module, "current_rss_bytes", lambda: int((cap - 1) * 2**20))
+    with caplog.at_level("WARNING", logger="abd_edge.learner"):
+        upd = update_bundle(store, make_task([4, 5], seed=2), gate=QualityGate(enabled=False),
+                            budget=DeviceBudget(epochs=1, dream_iterations=1, max_memory_mb=cap))
+    assert upd.learn.dream_micro_batch == MIN_MICRO_BATCH and "the cap may be exceeded" in caplog.text
+
+
+def test_a_dreaming_cap_must_be_none_or_a_positive_number():
+    with pytest.raises(ConfigError, match="dream.max_memory_mb must be None .* got 0"):
+        from abd_edge import DreamConfig
+
+        tiny_config(dream=DreamConfig(iterations=3, batch_size=16, max_memory_mb=0))
 
 
 def test_a_budget_that_cannot_fit_changes_nothing(bundle, tmp_path):

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from abd_edge import Learner, LearnerConfig
 from abd_edge.data import LabeledImages, class_order, load_cifar10_jpeg, split_tasks
 from abd_edge.dreaming import train_generator
+from abd_edge.learner_state import generator_optimizer
 from abd_edge.environment import cpu_name, environment
 from abd_edge.compute import compile_backend, resolve_autocast, resolve_device
 from abd_edge.models import build_backbone
@@ -290,7 +291,7 @@ def dream_breakdown(learner: Learner, iterations: int) -> dict[str, Any]:
     state = learner._state
     gen = copy.deepcopy(state.generator)
     assert gen is not None and state.model is not None
-    opt = torch.optim.Adam(gen.parameters(), lr=learner.config.dream.lr)
+    opt = generator_optimizer(gen, learner.config.dream.lr)  # the learner's own (fused where torch has it)
     holder: dict[str, Any] = {}
 
     def work() -> None:
