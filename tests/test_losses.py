@@ -135,6 +135,13 @@ def test_lr_schedules():
     assert lr_at(9, 50, 10, cos) == pytest.approx(0.1)
     assert lr_at(10, 50, 10, cos) == pytest.approx(0.1)  # cosine starts at the peak
     assert lr_at(30, 50, 10, cos) == pytest.approx(0.05)  # half-way through the decay
+    # Bug: a budget of one epoch kept the recipe's one-epoch warm-up, so the whole run warmed up and ended at the
+    # peak rate. The warm-up now takes at most a fifth of the run, and the rate decays to about 0 at its end.
+    one = TrainConfig(epochs=1, lr=0.1, schedule="cosine", milestones=(), warmup_epochs=1)
+    assert lr_at(0, 79, 79, one) == pytest.approx(0.1 / 16)  # warm-up: 79 / 5 -> 16 steps, not 79
+    assert lr_at(15, 79, 79, one) == pytest.approx(0.1)
+    assert lr_at(16, 79, 79, one) == pytest.approx(0.1)  # the decay starts at the peak
+    assert lr_at(78, 79, 79, one) < 0.001
 
 
 def test_class_balance_loss_in_bits():
