@@ -33,7 +33,7 @@ from .compute import resolve_device
 from .config import LearnerConfig
 from .engine import Normalizer
 from .errors import AbdEdgeError, BundleError, BundleIntegrityError
-from .learner_state import LearnerState, build_models, generator_optimizer
+from .learner_state import LearnerState, align_state_to_parameters, build_models, generator_optimizer
 from .methods import build_method
 from .registry import ClassRegistry
 from .reports import LearnReport
@@ -197,6 +197,7 @@ def read_learner(directory: Path, *, device: str | None = None, hashes: bool = T
                     state["generator_optimizer"], "generator_opt",
                 )
                 gen_opt.load_state_dict(sd)
+                align_state_to_parameters(gen_opt)  # saved contiguous; the fused kernel needs the weights' layout
         normalizer = Normalizer(tensors["normalizer.mean"], tensors["normalizer.std"]).to(torch_device)
         if normalizer.mean.numel() != c or normalizer.std.numel() != c:
             raise ValueError(f"normalizer has {normalizer.mean.numel()} channels, input_shape says {c}")

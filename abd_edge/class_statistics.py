@@ -123,10 +123,9 @@ class ClassStatistics:
 
 @torch.no_grad()
 def compute_class_statistics(model: nn.Module, images: torch.Tensor, rows: torch.Tensor,
-                             prepare: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = EVAL_BATCH,
-                             memory_format: torch.memory_format = torch.contiguous_format) -> ClassStatistics:
+                             prepare: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = EVAL_BATCH) -> ClassStatistics:
     """Statistics of ``images`` (head rows ``rows``) through ``model`` in eval mode, un-augmented; ``prepare``: uint8 -> model input."""
-    feats = eval_features(model, images, batch_size=batch_size, prepare=prepare, memory_format=memory_format)
+    feats = eval_features(model, images, batch_size=batch_size, prepare=prepare)
     return class_statistics_of_features(model, feats, rows)
 
 

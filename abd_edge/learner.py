@@ -25,7 +25,7 @@ from .data.images import LabeledImages
 from .dreaming import DreamReport, ReplaySampler, measure_diversity, train_generator
 from .engine import Normalizer, TrainResult, predict_logits, train_task, weight_align
 from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
-from .learner_state import LearnerState, build_models, generator_optimizer
+from .learner_state import LearnerState, align_state_to_parameters, build_models, generator_optimizer
 from .methods import TaskContext, build_method
 from .models.generator import Generator
 from .models.resnet import EVAL_BATCH, CifarResNet, eval_features
@@ -224,6 +224,7 @@ class Learner:
                     # load_state_dict keeps the tensors it is given: copy them, or this
                     # call's Adam steps would mutate the committed state in place.
                     gen_opt.load_state_dict(copy.deepcopy(st.generator_opt.state_dict()))
+                    align_state_to_parameters(gen_opt)
             normalizer = st.normalizer
         old_frozen = None
         if old_model is not None:

@@ -14,6 +14,8 @@ bf16 copies of weight and gradient) plus ``DREAM_MB_PER_IMAGE`` per image
 of one generator pass.
 Activation costs scale with the pixel count. The plan takes the largest
 micro-batches that fit; the report then says whether the measured peak did.
+Dreaming is planned a second time when it starts
+(:func:`dream_micro_batch_at_start`), from what the process holds then.
 This module is torch-free: the runtime plans before it imports torch.
 """
 

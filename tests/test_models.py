@@ -117,3 +117,28 @@ def test_the_generator_optimizer_is_fused_adam_and_steps_like_adam():
     again = generator_optimizer(copy.deepcopy(net), 1e-3)
     again.load_state_dict(fused.state_dict())
     assert again.state_dict()["state"][0]["exp_avg"].equal(fused.state_dict()["state"][0]["exp_avg"])
+
+
+def test_loaded_adam_moments_take_their_weights_layout():
+    """Bug: a saved learner's Adam moments load contiguous while the generator's weights are channels_last; the fused
+    kernel pairs elements by memory position, so the first step after loading updated the wrong elements."""
+    from abd_edge.learner_state import align_state_to_parameters, generator_optimizer
+
+    torch.manual_seed(0)
+    w0 = torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    moments = torch.arange(w0.numel(), dtype=torch.float32).view(w0.shape)  # contiguous, as a checkpoint stores them
+    after = {}
+    for name in ("fused", "reference"):
+        w = torch.nn.Parameter(w0.clone(memory_format=torch.channels_last))
+        opt = generator_optimizer(torch.nn.ParameterList([w]), 0.1) if name == "fused" else torch.optim.Adam([w], lr=0.1)
+        w.grad = torch.ones_like(w)
+        opt.step()
+        sd = opt.state_dict()
+        sd["state"][0].update(exp_avg=moments.clone(), exp_avg_sq=torch.ones(w.shape))
+        opt.load_state_dict(sd)
+        align_state_to_parameters(opt)
+        assert opt.state[w]["exp_avg"].stride() == w.stride() and opt.state[w]["exp_avg"].equal(moments)
+        w.grad = torch.zeros_like(w)
+        opt.step()
+        after[name] = w.detach().clone()
+    assert torch.allclose(after["fused"], after["reference"], atol=1e-6)
