@@ -55,7 +55,8 @@ class DeviceBudget:
     ``max_memory_mb`` caps the update's peak resident memory (the whole
     process's, in MiB): training and dreaming then run their batches in
     micro-batches with gradients accumulated (same effective batch), sized
-    from what the process holds when the update starts
+    from what the process holds when the update starts, and dreaming's
+    sized again from what it holds when dreaming starts
     (abd_edge/memory_budget.py). An update that cannot fit even small
     micro-batches raises MemoryBudgetError before anything changes; the
     report gives the measured peak and whether it stayed within the cap.
