@@ -33,7 +33,7 @@ from .compute import resolve_device
 from .config import LearnerConfig
 from .engine import Normalizer
 from .errors import AbdEdgeError, BundleError, BundleIntegrityError
-from .learner_state import LearnerState, align_state_to_parameters, build_models, generator_optimizer
+from .learner_state import LearnerState, build_models, generator_optimizer
 from .methods import build_method
 from .registry import ClassRegistry
 from .reports import LearnReport
@@ -191,13 +191,11 @@ def read_learner(directory: Path, *, device: str | None = None, hashes: bool = T
             if state.get("generator_optimizer") is not None:
                 # Only a saved Adam state is rebuilt: the first optimizer imports torch._dynamo (about
                 # 150 MiB), which an update that does not dream never needs (learn_new_classes makes its own).
-                gen_opt = generator_optimizer(gen, cfg.dream.lr)
                 sd = optimizer_state(
                     {k: v.to(torch_device) for k, v in tensors.items() if k.startswith("generator_opt.")},
                     state["generator_optimizer"], "generator_opt",
                 )
-                gen_opt.load_state_dict(sd)
-                align_state_to_parameters(gen_opt)  # saved contiguous; the fused kernel needs the weights' layout
+                gen_opt = generator_optimizer(gen, cfg.dream.lr, sd)  # saved contiguous: it aligns the layouts
         normalizer = Normalizer(tensors["normalizer.mean"], tensors["normalizer.std"]).to(torch_device)
         if normalizer.mean.numel() != c or normalizer.std.numel() != c:
             raise ValueError(f"normalizer has {normalizer.mean.numel()} channels, input_shape says {c}")

@@ -25,7 +25,7 @@ from .data.images import LabeledImages
 from .dreaming import DreamReport, ReplaySampler, measure_diversity, train_generator
 from .engine import Normalizer, TrainResult, predict_logits, train_task, weight_align
 from .errors import ConfigError, ImageSpecError, LabelError, NotFittedError
-from .learner_state import LearnerState, align_state_to_parameters, build_models, generator_optimizer
+from .learner_state import LearnerState, build_models, generator_optimizer
 from .methods import TaskContext, build_method
 from .models.generator import Generator
 from .models.resnet import EVAL_BATCH, CifarResNet, eval_features
@@ -219,12 +219,11 @@ class Learner:
             gen = copy.deepcopy(st.generator) if st.generator is not None else None
             gen_opt = st.generator_opt  # kept as it is when this call does not dream (the generator does not change)
             if gen is not None and dream and self.method.uses_replay and cfg.dream.iterations > 0:
-                gen_opt = generator_optimizer(gen, cfg.dream.lr)
-                if cfg.dream.keep_optimizer and st.generator_opt is not None:
-                    # load_state_dict keeps the tensors it is given: copy them, or this
-                    # call's Adam steps would mutate the committed state in place.
-                    gen_opt.load_state_dict(copy.deepcopy(st.generator_opt.state_dict()))
-                    align_state_to_parameters(gen_opt)
+                # load_state_dict keeps the tensors it is given: copy them, or this
+                # call's Adam steps would mutate the committed state in place.
+                previous = st.generator_opt if cfg.dream.keep_optimizer else None
+                gen_opt = generator_optimizer(gen, cfg.dream.lr,
+                                              None if previous is None else copy.deepcopy(previous.state_dict()))
             normalizer = st.normalizer
         old_frozen = None
         if old_model is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,8 +49,12 @@ def build_models(
     return model, gen
 
 
-def generator_optimizer(generator: Generator, lr: float) -> torch.optim.Adam:
+def generator_optimizer(generator: Generator, lr: float, state: dict[str, Any] | None = None) -> torch.optim.Adam:
     """The generator's Adam, fused where torch has a fused kernel for its device (CPU and CUDA, torch >= 2.4).
+
+    ``state``: an Adam state dict to continue from (a saved learner's, or the
+    last task's); its moments are given their weights' memory layout
+    (:func:`align_state_to_parameters`), which the fused kernel needs.
 
     Why fused: one kernel updates each parameter in place, without the
     foreach implementation's temporaries the size of all parameters. For
@@ -59,9 +64,13 @@ def generator_optimizer(generator: Generator, lr: float) -> torch.optim.Adam:
     memory cap needs. Elsewhere (a device without the kernel) the default.
     """
     try:
-        return torch.optim.Adam(generator.parameters(), lr=lr, fused=True)
+        optimizer = torch.optim.Adam(generator.parameters(), lr=lr, fused=True)
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
-        return torch.optim.Adam(generator.parameters(), lr=lr)
+        optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
+    if state is not None:
+        optimizer.load_state_dict(state)
+        align_state_to_parameters(optimizer)
+    return optimizer
 
 
 def align_state_to_parameters(optimizer: torch.optim.Optimizer) -> None:
@@ -71,7 +80,7 @@ def align_state_to_parameters(optimizer: torch.optim.Optimizer) -> None:
     moments' by position in memory, so a moment stored contiguous (as a
     saved checkpoint holds it) for a channels_last weight updates the wrong
     elements (torch 2.13-2.14 on CPU: 0.34 of error after one step of a
-    3x3 kernel). Call after ``load_state_dict``.
+    3x3 kernel). :func:`generator_optimizer` calls it after loading a state.
     """
     for group in optimizer.param_groups:
         for p in group["params"]:
