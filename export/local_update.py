@@ -157,8 +157,7 @@ def update_bundle(
         if method:
             learner.reconfigure(method=method)
         plan = memory_plan(learner, budget, len(data), learner.method.uses_replay)  # MemoryBudgetError: nothing changed
-        micro_before = (learner.config.later_tasks.micro_batch, learner.config.dream.micro_batch,
-                        learner.config.dream.max_memory_mb)
+        later_before, dream_before = learner.config.later_tasks, learner.config.dream
         learner.reconfigure(**budget_overrides(learner.config, budget, plan, n_images=len(data)))
         threads_before = torch.get_num_threads()
         if budget.threads is not None:
@@ -185,8 +184,9 @@ def update_bundle(
         # The plan fitted this device's memory at this moment: the exported learner's config drops its micro-batches
         # and keeps everything else this update trained with (the budget's epochs, iterations, replay pool).
         cfg = learner.config
-        learner.reconfigure(later_tasks=dataclasses.replace(cfg.later_tasks, micro_batch=micro_before[0]),
-                            dream=dataclasses.replace(cfg.dream, micro_batch=micro_before[1], max_memory_mb=micro_before[2]))
+        learner.reconfigure(later_tasks=dataclasses.replace(cfg.later_tasks, micro_batch=later_before.micro_batch),
+                            dream=dataclasses.replace(cfg.dream, micro_batch=dream_before.micro_batch,
+                                                      max_memory_mb=dream_before.max_memory_mb))
         if plan.max_memory_mb is not None and rep.dream_iterations:
             plan = dataclasses.replace(plan, dream_micro_batch=rep.dream_micro_batch)  # what dreaming ran with
         fault_point("update_trained")
